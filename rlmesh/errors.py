@@ -1,0 +1,81 @@
+"""Exception types raised by rlmesh. Each message names the problem and the fix."""
+
+from __future__ import annotations
+
+__all__ = [
+    "RLMeshError",
+    "ProtocolError",
+    "VersionMismatchError",
+    "EnvironmentException",
+    "ServerBusyError",
+    "RuntimeDriverError",
+    "RuntimeUnavailableError",
+    "ImageBuildError",
+    "ContainerError",
+    "SandboxError",
+    "SourceError",
+]
+
+
+class RLMeshError(Exception):
+    """Base class of every rlmesh-specific error."""
+
+
+class ProtocolError(RLMeshError):
+    """A peer sent something that is not a valid rlmesh message."""
+
+
+class VersionMismatchError(ProtocolError):
+    """Client and server speak different protocol generations or package versions."""
+
+
+class ServerBusyError(RLMeshError, ConnectionError):
+    """The server already serves another client."""
+
+
+class EnvironmentException(RLMeshError):
+    """The remote environment raised; ``remote_traceback`` holds the server-side traceback."""
+
+    def __init__(self, message: str, *, remote_type: str = "", remote_traceback: str = "") -> None:
+        super().__init__(message)
+        self.remote_type = remote_type
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.remote_traceback:
+            text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
+        return text
+
+
+class RuntimeDriverError(RLMeshError):
+    """A container engine operation failed; the engine's own message is included."""
+
+
+class RuntimeUnavailableError(RuntimeDriverError):
+    """No usable runtime driver (unknown name, missing package, or engine not running)."""
+
+
+class ImageBuildError(RuntimeDriverError):
+    """An image build failed; ``log`` holds the build output."""
+
+    def __init__(self, message: str, *, log: str = "") -> None:
+        super().__init__(message)
+        self.log = log
+
+
+class ContainerError(RuntimeDriverError):
+    """A container exited or misbehaved; carries its exit code and last log lines."""
+
+    def __init__(self, message: str, *, exit_code: int | None = None, logs: str = "") -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.logs = logs
+
+
+class SandboxError(RLMeshError):
+    """A sandbox session could not be created or started."""
+
+
+class SourceError(SandboxError, ValueError):
+    """A sandbox source string is malformed, unpinned or untrusted."""

@@ -1,0 +1,200 @@
+"""The runtime-driver interface: everything a sandbox needs from a container engine.
+
+Sandboxes only ever talk to :class:`RuntimeDriver`; concrete engines (Docker SDK, Podman,
+a CLI shell-out, a Ray cluster, or a third-party plugin) implement it and register under the
+``rlmesh.runtimes`` entry-point group. Nothing here imports an engine package.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from rlmesh.errors import RuntimeDriverError
+
+__all__ = [
+    "Availability",
+    "ContainerHandle",
+    "ContainerInfo",
+    "Health",
+    "ImageRecipe",
+    "RunSpec",
+    "RuntimeDriver",
+]
+
+#: Called with one line of build output at a time (for progress displays and logs).
+ProgressCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ImageRecipe:
+    """A Dockerfile plus the files its build context needs.
+
+    ``tag`` is derived from the content, so the same inputs always name the same image and a
+    driver can skip the build when that image already exists.
+    """
+
+    dockerfile: str
+    context_files: Mapping[str, bytes] = field(default_factory=dict)
+    repository: str = "rlmesh-sandbox"
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def content_hash(self) -> str:
+        digest = hashlib.sha256()
+        digest.update(self.dockerfile.encode())
+        for name in sorted(self.context_files):
+            digest.update(b"\0" + name.encode() + b"\0")
+            digest.update(hashlib.sha256(self.context_files[name]).digest())
+        return digest.hexdigest()
+
+    @property
+    def tag(self) -> str:
+        return f"{self.repository}:{self.content_hash[:20]}"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What to run: image, command, environment, labels, published ports and limits."""
+
+    image: str
+    command: Sequence[str] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    #: Container TCP ports to publish on the host (loopback, host port chosen by the engine).
+    ports: Sequence[int] = ()
+    #: Memory limit in engine syntax, e.g. ``"512m"``; ``None`` for no limit.
+    memory: str | None = None
+    #: CPU limit in cores, e.g. ``1.5``; ``None`` for no limit.
+    cpus: float | None = None
+    #: Request all GPUs; drivers that cannot provide them raise :class:`RuntimeDriverError`.
+    gpus: bool = False
+    #: Give the container outbound network access (published ports work either way).
+    network: bool = True
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class ContainerHandle:
+    """A started container and where its published ports can be reached."""
+
+    id: str
+    #: Container port -> ``"tcp://HOST:PORT"`` reachable from the caller.
+    addresses: Mapping[int, str]
+    driver: str = ""
+
+
+@dataclass(frozen=True)
+class Health:
+    """A container's state: running, or exited with a code and the tail of its log."""
+
+    running: bool
+    exit_code: int | None = None
+    logs_tail: str = ""
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """One container found by label, for listing and orphan reaping."""
+
+    id: str
+    labels: Mapping[str, str]
+    running: bool
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a driver can work here, and why not when it cannot."""
+
+    ok: bool
+    reason: str = ""
+    version: str = ""
+    rootless: bool = False
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+class RuntimeDriver(abc.ABC):
+    """Build images, run and health-check containers, stop and list them.
+
+    Implementations raise :class:`rlmesh.errors.RuntimeDriverError` (or a subclass) with the
+    engine's own message inside; they never let an engine-specific exception escape.
+    """
+
+    #: Registered entry-point name, e.g. ``"docker"``.
+    name: ClassVar[str] = ""
+    #: Whether :meth:`run` can honour ``RunSpec.gpus``.
+    supports_gpus: ClassVar[bool] = False
+    #: Whether memory/CPU limits are applied (rootless podman on cgroup v1 cannot).
+    supports_limits: ClassVar[bool] = True
+
+    @abc.abstractmethod
+    def available(self) -> Availability:
+        """Probe the engine; never raises."""
+
+    @abc.abstractmethod
+    def image_exists(self, tag: str) -> bool:
+        """Whether an image with this tag is present locally."""
+
+    @abc.abstractmethod
+    def _build(
+        self, recipe: ImageRecipe, *, memory: str | None, progress: ProgressCallback | None
+    ) -> None:
+        """Build ``recipe`` as ``recipe.tag``; raise ``ImageBuildError`` with the log on failure."""
+
+    def build(
+        self,
+        recipe: ImageRecipe,
+        *,
+        memory: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> str:
+        """Build ``recipe`` unless its content-hash tag exists already; return the tag."""
+        if not self.image_exists(recipe.tag):
+            self._build(recipe, memory=memory, progress=progress)
+        return recipe.tag
+
+    @abc.abstractmethod
+    def import_image(self, tarball: str, tag: str, *, cmd: Sequence[str] = ("/bin/bash",)) -> None:
+        """Import a root-filesystem tarball as image ``tag`` (registry-free base images)."""
+
+    @abc.abstractmethod
+    def remove_image(self, tag: str) -> None:
+        """Remove an image; missing images are not an error."""
+
+    @abc.abstractmethod
+    def list_images(self, labels: Mapping[str, str]) -> list[str]:
+        """Tags of images carrying all of ``labels``."""
+
+    @abc.abstractmethod
+    def run(self, spec: RunSpec) -> ContainerHandle:
+        """Start a detached container (with an init process) and return its addresses."""
+
+    @abc.abstractmethod
+    def health(self, container_id: str, *, log_lines: int = 50) -> Health:
+        """Report whether the container runs, or its exit code and last log lines."""
+
+    @abc.abstractmethod
+    def logs(self, container_id: str, *, tail: int | None = None) -> str:
+        """The container's combined stdout/stderr."""
+
+    @abc.abstractmethod
+    def stop(self, container_id: str, *, timeout: float = 5.0) -> None:
+        """Stop and remove the container; a container already gone is not an error."""
+
+    @abc.abstractmethod
+    def list(self, labels: Mapping[str, str]) -> list[ContainerInfo]:
+        """Containers (running or not) carrying all of ``labels``."""
+
+    def remove(self, container_id: str) -> None:
+        """Remove a container by id (stopping it first if needed)."""
+        self.stop(container_id, timeout=0)
+
+    def close(self) -> None:
+        """Release client connections held by the driver."""
+
