@@ -14,6 +14,7 @@ __all__ = [
     "ContainerError",
     "SandboxError",
     "SourceError",
+    "PackageSpecError",
 ]
 
 
@@ -79,3 +80,7 @@ class SandboxError(RLMeshError):
 
 class SourceError(SandboxError, ValueError):
     """A sandbox source string is malformed, unpinned or untrusted."""
+
+
+class PackageSpecError(SandboxError, ValueError):
+    """A package spec, import name or image name for a sandbox image is malformed or not allowed."""
