@@ -128,10 +128,20 @@ class RuntimeDriver(abc.ABC):
 
     #: Registered entry-point name, e.g. ``"docker"``.
     name: ClassVar[str] = ""
-    #: Whether :meth:`run` can honour ``RunSpec.gpus``.
-    supports_gpus: ClassVar[bool] = False
-    #: Whether memory/CPU limits are applied (rootless podman on cgroup v1 cannot).
-    supports_limits: ClassVar[bool] = True
+
+    @property
+    def supports_gpus(self) -> bool:
+        """Whether :meth:`run` can pass ``RunSpec.gpus`` to the engine."""
+        return False
+
+    @property
+    def supports_limits(self) -> bool:
+        """Whether memory/CPU limits are enforced; probed from the engine, which must be up.
+
+        Rootless podman on cgroup v1, for one, cannot; :meth:`run` then raises rather than
+        silently ignoring ``RunSpec.memory``/``cpus``.
+        """
+        return True
 
     @abc.abstractmethod
     def available(self) -> Availability:
@@ -173,7 +183,12 @@ class RuntimeDriver(abc.ABC):
 
     @abc.abstractmethod
     def run(self, spec: RunSpec) -> ContainerHandle:
-        """Start a detached container (with an init process) and return its addresses."""
+        """Start a detached container (with an init process) and return its addresses.
+
+        The container carries ``spec.labels`` plus :func:`rlmesh.runtime.labels.with_owner_labels`
+        so the reaper can find it if its owner dies. Addresses are whatever the engine bound
+        (``tcp://127.0.0.1:PORT`` for local engines); callers never assume loopback.
+        """
 
     @abc.abstractmethod
     def health(self, container_id: str, *, log_lines: int = 50) -> Health:

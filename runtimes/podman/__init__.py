@@ -1,0 +1,382 @@
+"""Runtime driver for the Podman API service through podman-py, rootful or rootless.
+
+The service socket is, in order: the ``host`` argument, ``CONTAINER_HOST``,
+``$XDG_RUNTIME_DIR/podman/podman.sock`` (a rootless user's service), ``/run/podman/podman.sock``.
+Start the service with ``podman system service --time=0 unix://SOCKET``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import tarfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import podman
+import podman.errors
+import requests.exceptions
+
+from rlmesh.errors import (
+    ContainerError,
+    ImageBuildError,
+    RuntimeDriverError,
+    RuntimeUnavailableError,
+)
+from rlmesh.runtime.driver import (
+    Availability,
+    ContainerHandle,
+    ContainerInfo,
+    Health,
+    ImageRecipe,
+    ProgressCallback,
+    RunSpec,
+    RuntimeDriver,
+)
+from rlmesh.runtime.labels import MANAGED, with_owner_labels
+
+__all__ = ["PodmanDriver", "default_socket"]
+
+log = logging.getLogger(__name__)
+
+ROOTFUL_SOCKET = "/run/podman/podman.sock"
+#: Network without a route out, for ``RunSpec(network=False)``.
+OFFLINE_NETWORK = "rlmesh-offline"
+_LOG_TAIL = 40
+_CPU_PERIOD = 100_000
+
+
+def default_socket() -> str:
+    """The service URL to use when none is given (see the module docstring)."""
+    if os.environ.get("CONTAINER_HOST"):
+        return os.environ["CONTAINER_HOST"]
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime_dir and os.path.exists(os.path.join(runtime_dir, "podman", "podman.sock")):
+        return "unix://" + os.path.join(runtime_dir, "podman", "podman.sock")
+    return "unix://" + ROOTFUL_SOCKET
+
+
+def _as_url(host: str) -> str:
+    return host if "://" in host else "unix://" + host
+
+
+def _label_filter(labels: Mapping[str, str]) -> list[str]:
+    return [f"label={key}={value}" for key, value in labels.items()]
+
+
+def build_context(recipe: ImageRecipe) -> io.BytesIO:
+    """An in-memory tar of the Dockerfile and the recipe's context files."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        files = {"Dockerfile": recipe.dockerfile.encode(), **recipe.context_files}
+        for name in sorted(files):
+            info = tarfile.TarInfo(name)
+            info.size = len(files[name])
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(files[name]))
+    buffer.seek(0)
+    return buffer
+
+
+def _memory_bytes(text: str) -> int:
+    units = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+    text = text.strip().lower()
+    try:
+        if text[-1:] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError:
+        raise RuntimeDriverError(
+            f"invalid memory size {text!r}: use a number of bytes or a suffix k/m/g, e.g. '512m'"
+        ) from None
+
+
+class PodmanDriver(RuntimeDriver):
+    """Build and run containers through a Podman API service (rootful or rootless)."""
+
+    name = "podman"
+
+    def __init__(self, host: str | None = None, *, timeout: float = 120.0) -> None:
+        self._url = _as_url(host or default_socket())
+        self._timeout = timeout
+        self._client: podman.PodmanClient | None = None
+        self._info: dict[str, Any] | None = None
+
+    @property
+    def client(self) -> podman.PodmanClient:
+        """The podman-py client; it connects lazily, on the first request."""
+        if self._client is None:
+            self._client = podman.PodmanClient(base_url=self._url, timeout=self._timeout)
+        return self._client
+
+    @contextlib.contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        """Translate podman-py exceptions into ours, with the engine's message inside."""
+        try:
+            yield
+        except RuntimeDriverError:
+            raise
+        except (requests.exceptions.ConnectionError, ConnectionError) as exc:
+            raise RuntimeUnavailableError(
+                f"Cannot reach the podman service at {self._url} while {action}: {exc}. Start it "
+                "with `podman system service --time=0 unix://SOCKET` (for CI and tests: "
+                ".ci/engines.sh) or set CONTAINER_HOST."
+            ) from exc
+        except podman.errors.ImageNotFound as exc:
+            raise RuntimeDriverError(
+                f"podman: image not found while {action}: {exc}. Build it first, or for the base "
+                f"image run: python -m rlmesh_images.bootstrap --runtime podman --host {self._url}"
+            ) from exc
+        except (podman.errors.PodmanError, podman.errors.APIError, requests.exceptions.RequestException) as exc:
+            raise RuntimeDriverError(f"podman ({self._url}): {action} failed: {exc}") from exc
+
+    def _engine_info(self) -> dict[str, Any]:
+        if self._info is None:
+            with self._errors("reading engine info"):
+                self._info = dict(self.client.info())  # type: ignore[no-untyped-call]
+        return self._info
+
+    def available(self) -> Availability:
+        try:
+            info = self._engine_info()
+        except RuntimeDriverError as exc:
+            return Availability(False, reason=str(exc))
+        version = (info.get("version") or {}).get("Version", "?")
+        return Availability(True, version=f"podman {version}", rootless=self._rootless(info))
+
+    @staticmethod
+    def _rootless(info: Mapping[str, Any]) -> bool:
+        return bool(((info.get("host") or {}).get("security") or {}).get("rootless"))
+
+    @property
+    def supports_gpus(self) -> bool:
+        # GPUs are requested as CDI devices; an engine without the NVIDIA CDI spec refuses
+        # them at create time, which run() turns into a RuntimeDriverError.
+        return True
+
+    @property
+    def supports_limits(self) -> bool:
+        # Rootless podman on cgroup v1 has no delegated controllers and silently drops limits.
+        controllers = (self._engine_info().get("host") or {}).get("cgroupControllers") or []
+        return "memory" in controllers and "cpu" in controllers
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()  # type: ignore[no-untyped-call]
+            self._client = None
+
+    # -- images -----------------------------------------------------------------------------
+
+    def image_exists(self, tag: str) -> bool:
+        with self._errors(f"looking up image {tag}"):
+            return bool(self.client.images.exists(tag))
+
+    def _build(
+        self, recipe: ImageRecipe, *, memory: str | None, progress: ProgressCallback | None
+    ) -> None:
+        params: dict[str, Any] = {
+            "t": recipe.tag,
+            "dockerfile": "Dockerfile",
+            "rm": True,
+            "forcerm": True,
+            "layers": True,
+            "labels": json.dumps(dict(recipe.labels)),
+        }
+        if memory:
+            params["memory"] = _memory_bytes(memory)
+        lines: list[str] = []
+        error = ""
+        started = time.monotonic()
+        with self._errors(f"building {recipe.tag}"):
+            # podman-py's images.build() only returns once the build is over: stream it ourselves.
+            response = self.client.api.post(
+                "/build",
+                params=params,
+                data=build_context(recipe),
+                headers={"Content-Type": "application/x-tar"},
+                stream=True,
+            )
+            response.raise_for_status()
+            for raw in response.iter_lines():
+                if not raw:
+                    continue
+                chunk = json.loads(raw)
+                for line in str(chunk.get("stream", "")).splitlines():
+                    lines.append(line)
+                    if progress is not None:
+                        progress(line)
+                if chunk.get("error"):
+                    error = str(chunk["error"])
+                    lines.append(error)
+        if error or not self.image_exists(recipe.tag):
+            tail = "\n".join(lines[-_LOG_TAIL:])
+            raise ImageBuildError(
+                f"podman: building {recipe.tag} failed: {error or 'no image was produced'}\n"
+                f"--- last build output ---\n{tail}",
+                log="\n".join(lines),
+            )
+        log.info("built %s in %.1f s", recipe.tag, time.monotonic() - started)
+
+    def import_image(self, tarball: str, tag: str, *, cmd: Sequence[str] = ("/bin/bash",)) -> None:
+        with self._errors(f"importing {tarball} as {tag}"), open(tarball, "rb") as data:
+            response = self.client.api.post(
+                "/images/import",
+                params={"reference": tag, "changes": [f"CMD {json.dumps(list(cmd))}"]},
+                data=data,
+                headers={"Content-Type": "application/x-tar"},
+            )
+            response.raise_for_status()
+        if not self.image_exists(tag):
+            raise RuntimeDriverError(f"podman: importing {tarball} as {tag} produced no image: {response.text}")
+
+    def remove_image(self, tag: str) -> None:
+        with self._errors(f"removing image {tag}"):
+            try:
+                self.client.images.remove(tag, force=True)
+            except (podman.errors.ImageNotFound, podman.errors.NotFound):
+                pass
+
+    def list_images(self, labels: Mapping[str, str]) -> list[str]:
+        with self._errors("listing images"):
+            images = self.client.images.list(filters=_label_filter(labels))
+        return sorted(tag for image in images for tag in image.tags)
+
+    # -- containers -------------------------------------------------------------------------
+
+    def _offline_network(self) -> str:
+        """An internal network: no route out, but the host still reaches published ports."""
+        with self._errors(f"preparing network {OFFLINE_NETWORK}"):
+            if not self.client.networks.exists(OFFLINE_NETWORK):
+                try:
+                    self.client.networks.create(
+                        OFFLINE_NETWORK, internal=True, labels={MANAGED: "true"}
+                    )
+                except podman.errors.APIError as exc:
+                    # A concurrent run created it first.
+                    if not self.client.networks.exists(OFFLINE_NETWORK):
+                        raise RuntimeDriverError(f"podman: creating network {OFFLINE_NETWORK}: {exc}") from exc
+        return OFFLINE_NETWORK
+
+    def _run_options(self, spec: RunSpec) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "environment": dict(spec.env),
+            "labels": with_owner_labels(spec.labels),
+            "ports": {f"{port}/tcp": {"ip": "127.0.0.1"} for port in spec.ports},
+            "init": True,
+            "name": spec.name,
+        }
+        if spec.memory is not None or spec.cpus is not None:
+            if not self.supports_limits:
+                raise RuntimeDriverError(
+                    f"podman ({self._url}): this engine cannot enforce memory/CPU limits (no "
+                    "memory/cpu cgroup controllers, e.g. rootless podman on cgroup v1); run "
+                    "without limits, use rootful podman, or move the host to cgroup v2."
+                )
+            if spec.memory is not None:
+                options["mem_limit"] = _memory_bytes(spec.memory)
+            if spec.cpus is not None:
+                # podman-py drops nano_cpus; a CFS quota is the same limit.
+                options["cpu_period"] = _CPU_PERIOD
+                options["cpu_quota"] = math.ceil(spec.cpus * _CPU_PERIOD)
+        if spec.gpus:
+            options["devices"] = ["nvidia.com/gpu=all"]
+        if not spec.network:
+            options["networks"] = {self._offline_network(): {}}
+        return options
+
+    def run(self, spec: RunSpec) -> ContainerHandle:
+        options = self._run_options(spec)
+        with self._errors(f"creating a container from {spec.image}"):
+            try:
+                container = self.client.containers.create(
+                    spec.image, command=list(spec.command) or None, **options
+                )
+            except podman.errors.APIError as exc:
+                if spec.gpus and "nvidia.com/gpu" in str(exc):
+                    raise RuntimeDriverError(
+                        f"podman: GPUs were requested but the engine cannot provide them ({exc}). "
+                        "Generate the NVIDIA CDI spec (nvidia-ctk cdi generate) or run without gpus=True."
+                    ) from exc
+                raise
+        try:
+            with self._errors(f"starting container {container.short_id} from {spec.image}"):
+                container.start()
+                container.reload()
+            addresses = self._addresses(container.attrs, spec.ports)
+        except BaseException:
+            self.stop(str(container.id), timeout=0)
+            raise
+        return ContainerHandle(id=str(container.id), addresses=addresses, driver=self.name)
+
+    def _addresses(self, attrs: Mapping[str, Any], ports: Sequence[int]) -> dict[int, str]:
+        bound = (attrs.get("NetworkSettings") or {}).get("Ports") or {}
+        addresses: dict[int, str] = {}
+        for port in ports:
+            bindings = bound.get(f"{port}/tcp") or []
+            if not bindings:
+                state = attrs.get("State") or {}
+                raise ContainerError(
+                    f"podman: container {str(attrs.get('Id', ''))[:12]} has no host port for "
+                    f"{port}/tcp (state {state.get('Status')!r}, exit code {state.get('ExitCode')}); "
+                    "it probably exited at once, see its logs.",
+                    exit_code=state.get("ExitCode"),
+                    logs=self.logs(str(attrs.get("Id", "")), tail=_LOG_TAIL),
+                )
+            host_ip = bindings[0].get("HostIp") or "127.0.0.1"
+            addresses[port] = f"tcp://{host_ip}:{bindings[0]['HostPort']}"
+        return addresses
+
+    def _container(self, container_id: str) -> Any:
+        try:
+            return self.client.containers.get(container_id)
+        except podman.errors.NotFound as exc:
+            raise ContainerError(f"podman: no container {container_id[:12]}: {exc}") from exc
+
+    def health(self, container_id: str, *, log_lines: int = 50) -> Health:
+        with self._errors(f"inspecting container {container_id[:12]}"):
+            state = self._container(container_id).attrs.get("State") or {}
+            if state.get("Running"):
+                return Health(running=True)
+            return Health(
+                running=False,
+                exit_code=int(state.get("ExitCode", -1)),
+                logs_tail=self.logs(container_id, tail=log_lines),
+            )
+
+    def logs(self, container_id: str, *, tail: int | None = None) -> str:
+        with self._errors(f"reading logs of {container_id[:12]}"):
+            frames = self._container(container_id).logs(tail="all" if tail is None else tail)
+            return b"".join(frames).decode(errors="replace")
+
+    def stop(self, container_id: str, *, timeout: float = 5.0) -> None:
+        with self._errors(f"stopping container {container_id[:12]}"):
+            try:
+                container = self.client.containers.get(container_id)
+                if timeout > 0:
+                    container.stop(timeout=math.ceil(timeout))
+                container.remove(force=True)
+            except podman.errors.NotFound:
+                return
+
+    def list(self, labels: Mapping[str, str]) -> list[ContainerInfo]:
+        with self._errors("listing containers"):
+            found = self.client.containers.list(all=True, filters=_label_filter(labels))
+        infos = []
+        for container in found:
+            # The libpod list reports State as a plain string ("running", "exited", ...).
+            state = container.attrs.get("State")
+            running = state == "running" if isinstance(state, str) else bool((state or {}).get("Running"))
+            infos.append(
+                ContainerInfo(
+                    id=str(container.id),
+                    labels=dict(container.attrs.get("Labels") or {}),
+                    running=running,
+                    name=str(container.name or ""),
+                )
+            )
+        return infos
