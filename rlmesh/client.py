@@ -1,0 +1,223 @@
+"""Remote clients: drive an env served by :class:`~rlmesh.server.EnvServer` like a local one."""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+from typing import Any, ClassVar, Generic, TypeVar
+
+from rlmesh.address import to_zmq_endpoint
+from rlmesh.backend import PLAIN, Backend
+from rlmesh.connection import Connection
+from rlmesh.protocol import EnvContract, Request
+from rlmesh.spaces import SpaceSpec
+
+__all__ = ["RemoteEnvBase", "RemoteVectorEnvBase", "RemoteEnv", "RemoteVectorEnv"]
+
+log = logging.getLogger(__name__)
+
+ValueT = TypeVar("ValueT")
+ActionT = TypeVar("ActionT")
+
+
+class _RemoteClient(Generic[ValueT, ActionT]):
+    """Shared connect/close logic of single and vector clients."""
+
+    _backend: ClassVar[Backend] = PLAIN
+    _expects_vector: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        address: str | int | None = None,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        path: str | None = None,
+        transport: str | None = None,
+        connect_timeout: float = 10.0,
+        request_timeout: float | None = None,
+        heartbeat_interval: float | None = 2.0,
+    ) -> None:
+        self._connection: Connection | None = None
+        endpoint = to_zmq_endpoint(address, host=host, port=port, path=path, transport=transport)
+        backend = self._backend
+        connection = Connection(
+            endpoint,
+            connect_timeout=connect_timeout,
+            request_timeout=request_timeout,
+            heartbeat_interval=heartbeat_interval,
+            tensor_factory=backend.tensor_factory,
+            object_array=backend.object_array,
+        )
+        contract = EnvContract.from_wire(connection.contract_wire)
+        if contract.vector != self._expects_vector:
+            connection.close()
+            served = f"a vector env with {contract.num_envs} envs" if contract.vector else "a single env"
+            wanted = "RemoteVectorEnv" if contract.vector else "RemoteEnv"
+            raise TypeError(f"the endpoint {connection.address} serves {served}; use {wanted}")
+        self._connection = connection
+        self._contract = contract
+        self._metadata = backend.adapt_metadata(contract.metadata)
+        self._observation_space = backend.space_from_spec(contract.observation_space)
+        self._action_space = backend.space_from_spec(contract.action_space)
+
+    # --- what the endpoint serves ---------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        return self._live().address
+
+    @property
+    def env_contract(self) -> EnvContract:
+        """Spaces, metadata and identity the server reported at connect time."""
+        return self._contract
+
+    @property
+    def observation_space(self) -> Any:
+        return self._observation_space
+
+    @property
+    def action_space(self) -> Any:
+        return self._action_space
+
+    @property
+    def observation_space_spec(self) -> SpaceSpec:
+        return self._contract.observation_space
+
+    @property
+    def action_space_spec(self) -> SpaceSpec:
+        return self._contract.action_space
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self._metadata
+
+    @property
+    def render_mode(self) -> str | None:
+        return self._contract.render_mode
+
+    @property
+    def closed(self) -> bool:
+        return self._connection is None
+
+    # --- requests -------------------------------------------------------------------------------
+
+    def _live(self) -> Connection:
+        if self._connection is None:
+            raise ConnectionError("this remote client is closed; create a new one")
+        return self._connection
+
+    def _reset(self, seed: Any, options: dict[str, object] | None) -> tuple[Any, dict[str, Any]]:
+        obs, info = self._live().request(Request.RESET, {"seed": seed, "options": options})
+        return obs, info
+
+    def _step(self, action: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self._live().request(Request.STEP, action)
+        return obs, reward, terminated, truncated, info
+
+    def render(self, *, env_index: int = 0) -> Any:
+        """Render a frame (for vector endpoints, of the env at ``env_index``)."""
+        return self._live().request(Request.RENDER, {"env_index": env_index})
+
+    def close(self, **kwargs: Any) -> None:
+        """Detach from the server. The remote env keeps running for the next client."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            if getattr(self, "_connection", None) is not None:
+                self.close()
+        except Exception:  # interpreter shutdown: nothing sensible left to do
+            pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._connection is None else self._connection.address
+        env_id = self._contract.env_id if hasattr(self, "_contract") else None
+        return f"<{type(self).__name__} {env_id or ''} {state}>"
+
+    __str__ = __repr__
+
+
+class RemoteEnvBase(_RemoteClient[ValueT, ActionT]):
+    """Client for one remote environment; the backend decides the value flavour.
+
+    Args:
+        address: ``"tcp://HOST:PORT"``, ``"HOST:PORT"``, a port on loopback, or
+            ``"unix:///path.sock"``.
+        host, port, path, transport: Keyword helpers used when ``address`` is omitted.
+        connect_timeout: Seconds to wait for the server's handshake.
+        request_timeout: Seconds to wait for a reply (``None``: as long as the server lives).
+        heartbeat_interval: Seconds between liveness messages (``None`` to disable).
+    """
+
+    def reset(self, *, seed: int | None = None, options: dict[str, object] | None = None
+              ) -> tuple[ValueT, dict[str, Any]]:
+        """Reset the remote env; same semantics as ``gymnasium.Env.reset``."""
+        return self._reset(seed, options)
+
+    def step(self, action: ActionT) -> tuple[ValueT, float, bool, bool, dict[str, Any]]:
+        """Step the remote env; an action outside the action space raises ``ValueError``."""
+        return self._step(action)
+
+
+class RemoteVectorEnvBase(_RemoteClient[ValueT, ActionT]):
+    """Client for a remote vector environment, with Gymnasium 1.x vector semantics.
+
+    Autoreset follows the served env's mode (``metadata["autoreset_mode"]``): results are
+    exactly what the vector env returned on the server. Arguments as for
+    :class:`RemoteEnvBase`.
+    """
+
+    _expects_vector = True
+
+    def __init__(self, address: str | int | None = None, **kwargs: Any) -> None:
+        super().__init__(address, **kwargs)
+        backend = self._backend
+        self._single_observation_space = backend.space_from_spec(self._contract.single_observation_space)
+        self._single_action_space = backend.space_from_spec(self._contract.single_action_space)
+
+    @property
+    def num_envs(self) -> int:
+        return self._contract.num_envs
+
+    @property
+    def single_observation_space(self) -> Any:
+        return self._single_observation_space
+
+    @property
+    def single_action_space(self) -> Any:
+        return self._single_action_space
+
+    @property
+    def single_observation_space_spec(self) -> SpaceSpec:
+        return self._contract.single_observation_space
+
+    @property
+    def single_action_space_spec(self) -> SpaceSpec:
+        return self._contract.single_action_space
+
+    def reset(self, *, seed: int | list[int] | None = None, options: dict[str, object] | None = None
+              ) -> tuple[ValueT, dict[str, Any]]:
+        """Reset every env; ``seed`` is an int (``seed + i`` per env) or one seed per env."""
+        return self._reset(seed, options)
+
+    def step(self, actions: ActionT) -> tuple[ValueT, ValueT, ValueT, ValueT, dict[str, Any]]:
+        """Step every env with a batch of actions (an array or a list with one per env)."""
+        return self._step(actions)  # type: ignore[return-value]
+
+
+class RemoteEnv(RemoteEnvBase[Any, Any]):
+    """Dependency-free client: array values arrive as :class:`rlmesh.Tensor`."""
+
+
+class RemoteVectorEnv(RemoteVectorEnvBase[Any, Any]):
+    """Dependency-free vector client: array values arrive as :class:`rlmesh.Tensor`."""

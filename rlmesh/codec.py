@@ -1,0 +1,215 @@
+"""Values on the wire: a msgpack header plus raw frames for large arrays.
+
+Supported values: ``None``, bool, int, float, str, bytes, lists, tuples, dicts, :class:`Tensor`,
+NumPy arrays and scalars (encoded without importing NumPy here), Torch tensors, and enums (sent
+as their value). Scalar arrays become Python primitives. Nothing is pickled: decoding can only
+ever produce these plain types, so a peer cannot make us execute anything.
+
+Arrays of at least :data:`INLINE_LIMIT` bytes travel as separate zero-copy frames; smaller ones
+are inlined in the header, where one small copy is cheaper than another frame.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import msgpack
+
+from rlmesh.errors import ProtocolError
+from rlmesh.tensor import DTYPES, Tensor
+
+__all__ = ["encode", "decode", "TensorFactory", "INLINE_LIMIT", "ObjectArray"]
+
+INLINE_LIMIT: Final = 32 * 1024
+
+_EXT_TENSOR_INLINE: Final = 1
+_EXT_TENSOR_FRAME: Final = 2
+_EXT_TUPLE: Final = 3
+_EXT_OBJECT_ARRAY: Final = 4
+
+# Tensor ext payload: dtype index, ndim, dims (u64 LE), then inline bytes or a u32 frame index.
+_DTYPE_NAMES: Final = tuple(sorted(DTYPES))
+_DTYPE_CODES: Final = {name: i for i, name in enumerate(_DTYPE_NAMES)}
+_TENSOR_HEAD: Final = struct.Struct("<BB")
+_FRAME_INDEX: Final = struct.Struct("<I")
+
+#: Builds a backend value from (dtype, shape, bytes-like) of one decoded tensor.
+TensorFactory = Callable[[str, tuple[int, ...], Any], Any]
+
+
+class ObjectArray:
+    """A NumPy object-dtype array in transit (e.g. vector-env infos holding non-numeric values)."""
+
+    __slots__ = ("shape", "items")
+
+    def __init__(self, shape: tuple[int, ...], items: list[Any]) -> None:
+        self.shape = shape
+        self.items = items
+
+    def __repr__(self) -> str:
+        return f"ObjectArray(shape={self.shape}, items={self.items!r})"
+
+
+# NumPy dtype -> wire name, for dtypes whose arrays can go out as their own memory.
+_NATIVE_NUMPY_DTYPES: dict[Any, str] = {}
+
+
+def _numpy_leaf(value: Any) -> tuple[str, tuple[int, ...], Any] | Any:
+    """Split a NumPy array or scalar into (dtype, shape, C-contiguous LE bytes) or a primitive."""
+    if value.ndim == 0:  # NumPy scalars and 0-d arrays travel as primitives
+        return float(value) if value.dtype.name == "bfloat16" else value.item()
+    name = _NATIVE_NUMPY_DTYPES.get(value.dtype)
+    if name is None:
+        name = value.dtype.name
+        if name == "object":
+            return ObjectArray(tuple(value.shape), value.reshape(-1).tolist())
+        if name not in DTYPES:
+            raise TypeError(
+                f"cannot send a NumPy array of dtype {name}; "
+                f"supported dtypes: {', '.join(sorted(DTYPES))}"
+            )
+        if value.dtype.byteorder == ">":
+            value = value.astype(value.dtype.newbyteorder("<"))
+        if name == "bfloat16":  # no buffer format: send the same memory as bytes
+            raw = value.tobytes()  # C order copy; bfloat16 arrays are rarely large on the wire
+            return name, value.shape, raw
+        _NATIVE_NUMPY_DTYPES[value.dtype] = name
+    if not value.size:
+        return name, value.shape, b""
+    try:
+        raw = memoryview(value).cast("B")
+    except TypeError:  # not C-contiguous
+        raw = memoryview(value.copy(order="C")).cast("B")
+    return name, value.shape, raw
+
+
+def _torch_leaf(value: Any) -> tuple[str, tuple[int, ...], Any] | Any:
+    import ctypes
+
+    value = value.detach()
+    if value.device.type != "cpu":
+        value = value.cpu()
+    if value.ndim == 0:
+        return value.item()
+    name = str(value.dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise TypeError(f"cannot send a Torch tensor of dtype {name}")
+    value = value.contiguous()
+    nbytes = value.numel() * value.element_size()
+    return name, tuple(value.shape), ctypes.string_at(value.data_ptr(), nbytes) if nbytes else b""
+
+
+def _array_leaf(value: Any) -> tuple[str, tuple[int, ...], Any] | Any | None:
+    """Recognise NumPy and Torch values without importing either; None when neither."""
+    module = type(value).__module__
+    if module == "numpy" or module.startswith("ml_dtypes"):
+        return _numpy_leaf(value)
+    if module.startswith("torch") and hasattr(value, "data_ptr"):
+        return _torch_leaf(value)
+    return None
+
+
+def encode(value: Any, *, lenient: bool = False) -> list[Any]:
+    """Encode ``value`` into frames: ``[header, *raw_frames]``.
+
+    With ``lenient=True`` values that cannot be encoded become their ``repr`` (used for
+    free-form metadata); otherwise they raise ``TypeError`` naming the type.
+    """
+    frames: list[Any] = [b""]
+
+    def tensor_ext(dtype: str, shape: tuple[int, ...], buffer: Any) -> msgpack.ExtType:
+        head = _TENSOR_HEAD.pack(_DTYPE_CODES[dtype], len(shape)) + struct.pack(f"<{len(shape)}Q", *shape)
+        if len(buffer) >= INLINE_LIMIT:
+            frames.append(buffer)
+            return msgpack.ExtType(_EXT_TENSOR_FRAME, head + _FRAME_INDEX.pack(len(frames) - 1))
+        return msgpack.ExtType(_EXT_TENSOR_INLINE, head + bytes(buffer))
+
+    def default(obj: Any) -> Any:
+        if isinstance(obj, Tensor):
+            return tensor_ext(obj.dtype, obj.shape, obj.raw)
+        if isinstance(obj, tuple):
+            return msgpack.ExtType(_EXT_TUPLE, packer(list(obj)))
+        if isinstance(obj, enum.Enum):
+            return obj.value
+        if isinstance(obj, dict):
+            return dict(obj)
+        if isinstance(obj, list):
+            return list(obj)
+        if isinstance(obj, (bool, int, float, str, bytes)):  # subclasses, e.g. IntEnum handled above
+            for base in (bool, int, float, str, bytes):
+                if isinstance(obj, base):
+                    return base(obj)
+        if isinstance(obj, (bytearray, memoryview)):
+            return bytes(obj)
+        leaf = _array_leaf(obj)
+        if isinstance(leaf, ObjectArray):
+            return msgpack.ExtType(_EXT_OBJECT_ARRAY, packer([leaf.shape, leaf.items]))
+        if isinstance(leaf, tuple):
+            return tensor_ext(*leaf)
+        if leaf is not None:
+            return leaf
+        if lenient:
+            return repr(obj)
+        raise TypeError(
+            f"cannot send a value of type {type(obj).__module__}.{type(obj).__qualname__}; "
+            "rlmesh sends None, bool, int, float, str, bytes, lists, tuples, dicts and arrays"
+        )
+
+    def packer(obj: Any) -> bytes:
+        # A fresh packer per call: msgpack packers are not re-entrant, and tuples nest.
+        return msgpack.packb(obj, default=default, strict_types=True, use_bin_type=True)
+
+    frames[0] = packer(value)
+    return frames
+
+
+def _copying_factory(dtype: str, shape: tuple[int, ...], buffer: Any) -> Tensor:
+    # Tensors from inline bytes already own their data; frame buffers stay zero-copy views.
+    return Tensor(buffer, dtype, shape)
+
+
+def decode(frames: Sequence[Any], tensor_factory: TensorFactory | None = None,
+           object_array: Callable[[ObjectArray], Any] | None = None) -> Any:
+    """Decode ``[header, *raw_frames]``; tensors are built by ``tensor_factory``.
+
+    Raises :class:`ProtocolError` on anything malformed, never another exception type.
+    """
+    make_tensor = tensor_factory or _copying_factory
+
+    def ext_hook(code: int, data: bytes) -> Any:
+        if code == _EXT_TUPLE:
+            return tuple(unpack(data))
+        if code == _EXT_OBJECT_ARRAY:
+            shape, items = unpack(data)
+            array = ObjectArray(tuple(shape), items)
+            return object_array(array) if object_array else array
+        if code in (_EXT_TENSOR_INLINE, _EXT_TENSOR_FRAME):
+            dtype_code, ndim = _TENSOR_HEAD.unpack_from(data)
+            if dtype_code >= len(_DTYPE_NAMES):
+                raise ProtocolError(f"unknown tensor dtype code {dtype_code}")
+            start = _TENSOR_HEAD.size + 8 * ndim
+            shape = struct.unpack_from(f"<{ndim}Q", data, _TENSOR_HEAD.size)
+            payload: Any = memoryview(data)[start:]
+            if code == _EXT_TENSOR_FRAME:
+                (index,) = _FRAME_INDEX.unpack_from(data, start)
+                if not 0 < index < len(frames):
+                    raise ProtocolError("tensor refers to a missing frame")
+                payload = frames[index]
+            return make_tensor(_DTYPE_NAMES[dtype_code], shape, payload)
+        raise ProtocolError(f"unknown extension type {code}")
+
+    def unpack(data: bytes) -> Any:
+        return msgpack.unpackb(data, ext_hook=ext_hook, strict_map_key=False, raw=False,
+                               use_list=True)
+
+    if not frames:
+        raise ProtocolError("empty message")
+    try:
+        return unpack(frames[0])
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises many types for garbage input
+        raise ProtocolError(f"malformed message: {exc}") from exc

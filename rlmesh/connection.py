@@ -1,0 +1,217 @@
+"""One client's connection to an rlmesh endpoint: handshake, requests, heartbeats, failures.
+
+A dead server never hangs a client: the socket monitor reports a dropped connection at once
+(TCP reset, unix socket closed), zmq heartbeats notice a peer that went silent, and connect and
+request timeouts bound everything else.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from rlmesh import codec
+from rlmesh._version import __version__
+from rlmesh.address import to_user_address
+from rlmesh.errors import (
+    EnvironmentException,
+    ProtocolError,
+    ServerBusyError,
+    VersionMismatchError,
+)
+from rlmesh.protocol import PROTOCOL_GENERATION, ErrorKind, Request
+
+__all__ = ["Connection"]
+
+log = logging.getLogger(__name__)
+
+_SLICE_MS = 100  # how often a waiting request looks at the connection monitor
+_ZMTP_HEARTBEAT_MS = 1000
+_ZMTP_TIMEOUT_MS = 10000
+
+
+class Connection:
+    """A request/reply channel to one endpoint, attached as one session.
+
+    Args:
+        endpoint: zmq endpoint (``tcp://`` or ``ipc://``).
+        connect_timeout: Seconds to wait for the handshake before ``ConnectionError``.
+        request_timeout: Seconds to wait for any reply; ``None`` waits as long as the server
+            is alive (slow envs are fine, dead servers are still detected).
+        heartbeat_interval: Seconds between liveness messages sent from a background thread,
+            so the server can tell an idle client from a dead one; ``None`` disables them.
+        tensor_factory / object_array: How decoded tensors and object arrays are built.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        connect_timeout: float = 10.0,
+        request_timeout: float | None = None,
+        heartbeat_interval: float | None = 2.0,
+        tensor_factory: codec.TensorFactory | None = None,
+        object_array: Callable[[codec.ObjectArray], Any] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.address = to_user_address(endpoint)
+        self.request_timeout = request_timeout
+        self._tensor_factory = tensor_factory
+        self._object_array = object_array
+        self._session = uuid.uuid4().hex
+        self._request_id = 0
+        self._closed = False
+        self._broken: str | None = None
+        self._context = zmq.Context.instance()
+        self._socket = self._socket_for(endpoint)
+        self._monitor = self._socket.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        self._connected = False
+        self._socket.connect(endpoint)
+        self._heartbeat_stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+        try:
+            self.contract_wire = self._hello(connect_timeout)
+        except BaseException:
+            self.close(notify=False)
+            raise
+        if heartbeat_interval:
+            self._heartbeat = threading.Thread(target=self._beat, args=(heartbeat_interval,),
+                                               name="rlmesh-heartbeat", daemon=True)
+            self._heartbeat.start()
+
+    def _socket_for(self, endpoint: str) -> zmq.Socket[Any]:
+        socket = self._context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.HEARTBEAT_IVL, _ZMTP_HEARTBEAT_MS)
+        socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, _ZMTP_TIMEOUT_MS)
+        if "[" in endpoint:
+            socket.setsockopt(zmq.IPV6, 1)
+        return socket
+
+    # --- handshake ------------------------------------------------------------------------------
+
+    def _hello(self, timeout: float) -> dict[str, Any]:
+        payload = {"protocol": PROTOCOL_GENERATION, "version": __version__}
+        try:
+            contract = self.request(Request.HELLO, payload, timeout=timeout, connecting=True)
+        except TimeoutError:
+            raise ConnectionError(
+                f"no rlmesh server answered at {self.address} within {timeout:g} s; is it running "
+                "and is the address right? (start one with `rlmesh serve ENV_ID --address ...`)"
+            ) from None
+        if not isinstance(contract, dict):
+            raise ProtocolError(f"the peer at {self.address} is not an rlmesh server")
+        protocol, version = contract.get("protocol"), contract.get("server_version")
+        if protocol != PROTOCOL_GENERATION or version != __version__:
+            raise VersionMismatchError(
+                f"rlmesh version mismatch: this client runs rlmesh {__version__} (protocol "
+                f"{PROTOCOL_GENERATION}), the server at {self.address} runs rlmesh {version} "
+                f"(protocol {protocol}); install the same version on both sides, e.g. "
+                f"`pip install rlmesh=={version}` here or rlmesh=={__version__} on the server"
+            )
+        return contract
+
+    # --- requests -------------------------------------------------------------------------------
+
+    def request(self, kind: str, payload: Any = None, *, timeout: float | None = None,
+                connecting: bool = False) -> Any:
+        """Send one request and return the decoded reply payload (or raise its error)."""
+        if self._closed:
+            raise ConnectionError(f"the client for {self.address} is closed")
+        if self._broken:
+            raise ConnectionError(self._broken)
+        self._request_id += 1
+        request_id = self._request_id
+        self._socket.send_multipart(codec.encode([kind, request_id, self._session, payload]), copy=False)
+        wait = self.request_timeout if timeout is None else timeout
+        deadline = None if wait is None else time.monotonic() + wait
+        while True:
+            slice_ms = _SLICE_MS
+            if deadline is not None:
+                slice_ms = max(0, min(slice_ms, int((deadline - time.monotonic()) * 1000)))
+            if self._socket.poll(slice_ms, zmq.POLLIN):
+                frames = self._socket.recv_multipart(copy=False)
+                reply = codec.decode([frames[0].bytes, *(f.buffer for f in frames[1:])],
+                                     self._tensor_factory, self._object_array)
+                if not isinstance(reply, list) or len(reply) != 3:
+                    raise ProtocolError(f"malformed reply from {self.address}")
+                status, reply_id, result = reply
+                if reply_id != request_id and reply_id != -1:
+                    continue  # a late reply to a request that timed out earlier
+                if status == "ok":
+                    return result
+                raise self._error(result)
+            self._check_monitor(connecting)
+            if deadline is not None and time.monotonic() >= deadline:
+                if not connecting:
+                    self._broken = (f"the server at {self.address} did not answer a {kind} request "
+                                    f"within {wait:g} s; the client is unusable, create a new one")
+                raise TimeoutError(self._broken or f"no reply from {self.address}")
+
+    def _check_monitor(self, connecting: bool) -> None:
+        while self._monitor.poll(0):
+            event = parse_monitor_message(self._monitor.recv_multipart())["event"]
+            if event == zmq.EVENT_CONNECTED:
+                self._connected = True
+            elif event == zmq.EVENT_DISCONNECTED and self._connected and not connecting:
+                self._broken = (f"lost the connection to the server at {self.address} (it stopped "
+                                "or crashed); start it again and create a new client")
+                raise ConnectionError(self._broken)
+
+    def _error(self, payload: Any) -> Exception:
+        if not isinstance(payload, dict):
+            return ProtocolError(f"malformed error reply from {self.address}")
+        kind, message = payload.get("kind"), str(payload.get("message", ""))
+        if kind == ErrorKind.ENVIRONMENT:
+            remote_type = str(payload.get("type", ""))
+            return EnvironmentException(f"{remote_type}: {message}" if remote_type else message,
+                                        remote_type=remote_type,
+                                        remote_traceback=str(payload.get("traceback", "")))
+        if kind == ErrorKind.INVALID_ACTION:
+            return ValueError(message)
+        if kind == ErrorKind.BUSY:
+            return ServerBusyError(message)
+        if kind == ErrorKind.VERSION:
+            return VersionMismatchError(message)
+        if kind == ErrorKind.NOT_ATTACHED:
+            return ConnectionError(message)
+        return ProtocolError(message)
+
+    # --- heartbeats and closing -----------------------------------------------------------------
+
+    def _beat(self, interval: float) -> None:
+        socket = self._socket_for(self.endpoint)
+        socket.connect(self.endpoint)
+        message = codec.encode([Request.HEARTBEAT, 0, self._session, None])
+        try:
+            while not self._heartbeat_stop.wait(interval):
+                try:
+                    socket.send_multipart(message, zmq.NOBLOCK)
+                except zmq.Again:
+                    pass  # not connected right now; the main socket will notice if it's for good
+        finally:
+            socket.close(linger=0)
+
+    def close(self, *, notify: bool = True) -> None:
+        """Detach from the server (best effort) and release the sockets. Idempotent."""
+        if self._closed:
+            return
+        if notify and not self._broken:
+            try:
+                self.request(Request.CLOSE, timeout=1.0)
+            except Exception:  # the server may be gone already; closing must still succeed
+                pass
+        self._closed = True
+        self._heartbeat_stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=1.0)
+        self._socket.disable_monitor()
+        self._monitor.close(linger=0)
+        self._socket.close(linger=0)

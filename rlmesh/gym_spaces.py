@@ -1,0 +1,83 @@
+"""Exact conversion between Gymnasium spaces and native space specs (needs NumPy and Gymnasium)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rlmesh.spaces import (
+    BoxSpec,
+    DictSpec,
+    DiscreteSpec,
+    MultiBinarySpec,
+    MultiDiscreteSpec,
+    SpaceSpec,
+    TextSpec,
+    TupleSpec,
+)
+from rlmesh.tensor import Tensor
+
+__all__ = ["spec_from_gymnasium", "gymnasium_from_spec"]
+
+
+def _tensor(array: Any) -> Tensor:
+    import numpy as np
+
+    array = np.ascontiguousarray(array)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return Tensor(array.tobytes(), array.dtype.name, array.shape)
+
+
+def _array(tensor: Tensor) -> Any:
+    from rlmesh.numpy import asarray
+
+    return asarray(tensor)
+
+
+def spec_from_gymnasium(space: Any) -> SpaceSpec:
+    """Describe a Gymnasium space exactly; raises ``TypeError`` for unsupported kinds."""
+    from gymnasium import spaces
+
+    if isinstance(space, spaces.Box):
+        return BoxSpec(_tensor(space.low), _tensor(space.high), tuple(space.shape), space.dtype.name)
+    if isinstance(space, spaces.Discrete):
+        return DiscreteSpec(int(space.n), int(space.start), space.dtype.name)
+    if isinstance(space, spaces.MultiBinary):
+        return MultiBinarySpec(tuple(space.shape), space.dtype.name)
+    if isinstance(space, spaces.MultiDiscrete):
+        return MultiDiscreteSpec(_tensor(space.nvec), _tensor(space.start), space.dtype.name)
+    if isinstance(space, spaces.Text):
+        charset = "".join(sorted(space.character_set))
+        return TextSpec(space.max_length, space.min_length, charset)
+    if isinstance(space, spaces.Dict):
+        return DictSpec({str(k): spec_from_gymnasium(v) for k, v in space.spaces.items()})
+    if isinstance(space, spaces.Tuple):
+        return TupleSpec(tuple(spec_from_gymnasium(s) for s in space.spaces))
+    raise TypeError(
+        f"{type(space).__name__} spaces cannot be served yet; supported: Box, Discrete, "
+        "MultiBinary, MultiDiscrete, Text, Dict, Tuple"
+    )
+
+
+def gymnasium_from_spec(spec: SpaceSpec, seed: int | None = None) -> Any:
+    """Build the Gymnasium space a spec describes, with identical dtype, shape and bounds."""
+    import numpy as np
+    from gymnasium import spaces
+
+    if isinstance(spec, BoxSpec):
+        low = _array(spec.low)
+        return spaces.Box(low, _array(spec.high), spec.shape, low.dtype, seed=seed)
+    if isinstance(spec, DiscreteSpec):
+        return spaces.Discrete(spec.n, seed=seed, start=spec.start)
+    if isinstance(spec, MultiBinarySpec):
+        return spaces.MultiBinary(list(spec.shape) if len(spec.shape) != 1 else spec.shape[0], seed=seed)
+    if isinstance(spec, MultiDiscreteSpec):
+        return spaces.MultiDiscrete(_array(spec.nvec), np.dtype(spec.dtype), seed=seed, start=_array(spec.start))
+    if isinstance(spec, TextSpec):
+        kwargs: dict[str, Any] = {"charset": spec.charset} if spec.charset else {}
+        return spaces.Text(spec.max_length, min_length=spec.min_length, seed=seed, **kwargs)
+    if isinstance(spec, DictSpec):
+        return spaces.Dict({k: gymnasium_from_spec(v) for k, v in spec.spaces.items()}, seed=seed)
+    if isinstance(spec, TupleSpec):
+        return spaces.Tuple(tuple(gymnasium_from_spec(s) for s in spec.spaces), seed=seed)
+    raise TypeError(f"not a space spec: {spec!r}")
