@@ -98,7 +98,7 @@ _capsule_pointer = _api("PyCapsule_GetPointer", ctypes.c_void_p, ctypes.c_void_p
 _LIVE: dict[int, tuple[Any, ...]] = {}
 
 
-@_Deleter
+@_Deleter  # type: ignore[untyped-decorator]
 def _delete(address: int | None) -> None:
     if address is not None:
         _LIVE.pop(address, None)
@@ -107,7 +107,7 @@ def _delete(address: int | None) -> None:
 _CapsuleDestructor = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 
 
-@_CapsuleDestructor
+@_CapsuleDestructor  # type: ignore[untyped-decorator]
 def _destroy_capsule(capsule: int | None) -> None:
     name = _capsule_name(capsule)
     if name in (b"dltensor", b"dltensor_versioned"):  # never consumed

@@ -212,7 +212,7 @@ class RemoteVectorEnvBase(_RemoteClient[ValueT, ActionT]):
 
     def step(self, actions: ActionT) -> tuple[ValueT, ValueT, ValueT, ValueT, dict[str, Any]]:
         """Step every env with a batch of actions (an array or a list with one per env)."""
-        return self._step(actions)  # type: ignore[return-value]
+        return self._step(actions)
 
 
 class RemoteEnv(RemoteEnvBase[Any, Any]):

@@ -16,7 +16,7 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 
 from rlmesh.errors import ProtocolError
 from rlmesh.tensor import DTYPES, Tensor
@@ -138,10 +138,9 @@ def encode(value: Any, *, lenient: bool = False) -> list[Any]:
             return dict(obj)
         if isinstance(obj, list):
             return list(obj)
-        if isinstance(obj, (bool, int, float, str, bytes)):  # subclasses, e.g. IntEnum handled above
-            for base in (bool, int, float, str, bytes):
-                if isinstance(obj, base):
-                    return base(obj)
+        for base in (bool, int, float, str, bytes):  # subclasses of primitives go out as the base
+            if isinstance(obj, base):
+                return base(obj)  # type: ignore[arg-type]
         if isinstance(obj, (bytearray, memoryview)):
             return bytes(obj)
         leaf = _array_leaf(obj)
@@ -160,7 +159,8 @@ def encode(value: Any, *, lenient: bool = False) -> list[Any]:
 
     def packer(obj: Any) -> bytes:
         # A fresh packer per call: msgpack packers are not re-entrant, and tuples nest.
-        return msgpack.packb(obj, default=default, strict_types=True, use_bin_type=True)
+        packed: bytes = msgpack.packb(obj, default=default, strict_types=True, use_bin_type=True)
+        return packed
 
     frames[0] = packer(value)
     return frames

@@ -69,7 +69,7 @@ class Connection:
         self._request_id = 0
         self._closed = False
         self._broken: str | None = None
-        self._context = zmq.Context.instance()
+        self._context: zmq.Context[Any] = zmq.Context.instance()
         self._socket = self._socket_for(endpoint)
         self._monitor = self._socket.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         self._connected = False
@@ -87,7 +87,7 @@ class Connection:
             self._heartbeat.start()
 
     def _socket_for(self, endpoint: str) -> zmq.Socket[Any]:
-        socket = self._context.socket(zmq.DEALER)
+        socket: zmq.Socket[Any] = self._context.socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.HEARTBEAT_IVL, _ZMTP_HEARTBEAT_MS)
         socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, _ZMTP_TIMEOUT_MS)

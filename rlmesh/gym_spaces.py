@@ -34,18 +34,22 @@ def _array(tensor: Tensor) -> Any:
     return asarray(tensor)
 
 
+def _dtype_name(space: Any) -> str:
+    return str(space.dtype.name)
+
+
 def spec_from_gymnasium(space: Any) -> SpaceSpec:
     """Describe a Gymnasium space exactly; raises ``TypeError`` for unsupported kinds."""
     from gymnasium import spaces
 
     if isinstance(space, spaces.Box):
-        return BoxSpec(_tensor(space.low), _tensor(space.high), tuple(space.shape), space.dtype.name)
+        return BoxSpec(_tensor(space.low), _tensor(space.high), tuple(space.shape), _dtype_name(space))
     if isinstance(space, spaces.Discrete):
-        return DiscreteSpec(int(space.n), int(space.start), space.dtype.name)
+        return DiscreteSpec(int(space.n), int(space.start), _dtype_name(space))
     if isinstance(space, spaces.MultiBinary):
-        return MultiBinarySpec(tuple(space.shape), space.dtype.name)
+        return MultiBinarySpec(tuple(space.shape), _dtype_name(space))
     if isinstance(space, spaces.MultiDiscrete):
-        return MultiDiscreteSpec(_tensor(space.nvec), _tensor(space.start), space.dtype.name)
+        return MultiDiscreteSpec(_tensor(space.nvec), _tensor(space.start), _dtype_name(space))
     if isinstance(space, spaces.Text):
         charset = "".join(sorted(space.character_set))
         return TextSpec(space.max_length, space.min_length, charset)
@@ -61,7 +65,6 @@ def spec_from_gymnasium(space: Any) -> SpaceSpec:
 
 def gymnasium_from_spec(spec: SpaceSpec, seed: int | None = None) -> Any:
     """Build the Gymnasium space a spec describes, with identical dtype, shape and bounds."""
-    import numpy as np
     from gymnasium import spaces
 
     if isinstance(spec, BoxSpec):
@@ -72,7 +75,7 @@ def gymnasium_from_spec(spec: SpaceSpec, seed: int | None = None) -> Any:
     if isinstance(spec, MultiBinarySpec):
         return spaces.MultiBinary(list(spec.shape) if len(spec.shape) != 1 else spec.shape[0], seed=seed)
     if isinstance(spec, MultiDiscreteSpec):
-        return spaces.MultiDiscrete(_array(spec.nvec), np.dtype(spec.dtype), seed=seed, start=_array(spec.start))
+        return spaces.MultiDiscrete(_array(spec.nvec), spec.dtype, seed=seed, start=_array(spec.start))
     if isinstance(spec, TextSpec):
         kwargs: dict[str, Any] = {"charset": spec.charset} if spec.charset else {}
         return spaces.Text(spec.max_length, min_length=spec.min_length, seed=seed, **kwargs)

@@ -46,11 +46,15 @@ def _as_env(env: Any) -> Any:
 
         if not env:
             raise ValueError("EnvServer needs at least one environment")
-        return SyncVectorEnv([(lambda e=e: e) for e in env])
+        return SyncVectorEnv([_constant(e) for e in env])
     for method in ("reset", "step"):
         if not callable(getattr(env, method, None)):
             raise TypeError(f"EnvServer needs a Gymnasium-like env with {method}(); got {type(env).__name__}")
     return env
+
+
+def _constant(env: Any) -> Any:
+    return lambda: env
 
 
 def _autoreset_mode(env: Any) -> str | None:
@@ -113,7 +117,7 @@ class EnvServer:
         endpoint = to_zmq_endpoint(address)
         if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
             endpoint = endpoint[:-2] + ":*"
-        self._context = zmq.Context.instance()
+        self._context: zmq.Context[Any] = zmq.Context.instance()
         self._socket = self._context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # replies to vanished peers raise, not vanish

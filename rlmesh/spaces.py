@@ -349,7 +349,27 @@ class Space(Generic[T]):
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"Space({self.spec!r})"
+        return _describe(self.spec)
+
+
+def _describe(spec: SpaceSpec) -> str:
+    """A Gymnasium-style one-line description, e.g. ``Box(-1.0, 1.0, (3,), float32)``."""
+    if isinstance(spec, BoxSpec):
+        low, high = _unpack(spec.low), _unpack(spec.high)
+        lo = low[0] if len(set(low)) == 1 else low
+        hi = high[0] if len(set(high)) == 1 else high
+        return f"Box({lo}, {hi}, {spec.shape}, {spec.dtype})"
+    if isinstance(spec, DiscreteSpec):
+        return f"Discrete({spec.n})" if spec.start == 0 else f"Discrete({spec.n}, start={spec.start})"
+    if isinstance(spec, MultiBinarySpec):
+        return f"MultiBinary({spec.shape})"
+    if isinstance(spec, MultiDiscreteSpec):
+        return f"MultiDiscrete({_unpack(spec.nvec)})"
+    if isinstance(spec, TextSpec):
+        return f"Text({spec.min_length}, {spec.max_length})"
+    if isinstance(spec, DictSpec):
+        return "Dict(" + ", ".join(f"{k!r}: {_describe(v)}" for k, v in spec.spaces.items()) + ")"
+    return "Tuple(" + ", ".join(_describe(s) for s in spec.spaces) + ")"
 
 
 def space_from_spec(spec: SpaceSpec) -> Space[Any]:

@@ -121,7 +121,8 @@ class Tensor:
         fmt = _DTYPE_TABLE[self._dtype][0]
         if fmt is None or fmt.startswith("Z") or 0 in self._shape:
             return self._bytes
-        return self._bytes.cast(fmt, self._shape) if self._shape else self._bytes.cast(fmt)
+        view: memoryview = self._bytes.cast(fmt, self._shape) if self._shape else self._bytes.cast(fmt)  # type: ignore[call-overload]
+        return view
 
     def tobytes(self) -> bytes:
         return self._bytes.tobytes()
