@@ -161,6 +161,7 @@ bootstrap() {
     "$PYTHON" -m rlmesh_images.bootstrap --tarball "$BASE_TARBALL" --tag "$BASE_IMAGE" "$@"
 }
 
+# Builds the rootfs tarball on first need (cached), then imports it where it is missing.
 import_base_image() {
     bootstrap --runtime docker --host "unix://$DOCKER_SOCK"
     bootstrap --runtime podman --host "unix://$ROOTFUL_SOCK"
@@ -215,8 +216,7 @@ main() {
     step "start rootful podman" start_podman_rootful
     step "set up rootless user" setup_rootless_user
     step "start rootless podman" start_podman_rootless
-    step "build base rootfs" bootstrap --rootfs-only
-    step "import base image" import_base_image
+    step "base image" import_base_image
     step "write engines.env" write_env
     log "all engines up in $(elapsed "$T_START") s; settings in $ENV_FILE"
 }

@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from rlmesh.errors import ImageBuildError, RLMeshError
+from rlmesh.errors import ImageBuildError, RLMeshError, RuntimeUnavailableError
 from rlmesh.runtime.driver import RuntimeDriver
 
 __all__ = [
@@ -198,13 +198,22 @@ def bootstrap(
     cached rootfs tarball and imports it.
     """
     tag = tag or default_base_image()
+    availability = driver.available()
+    if not availability:
+        raise RuntimeUnavailableError(
+            f"cannot import the base image: runtime {driver.name!r} is not available: "
+            f"{availability.reason}"
+        )
+    where = availability.version + (", rootless" if availability.rootless else "")
     if not force and driver.image_exists(tag):
-        log.info("%s already has %s", driver.name, tag)
+        log.info("%s (%s) already has %s", driver.name, where, tag)
         return tag
     path = build_rootfs(tarball or default_tarball(suite), suite=suite, mirror=mirror, force=force)
     started = time.monotonic()
     driver.import_image(str(path), tag)
-    log.info("imported %s into %s in %.1f s", tag, driver.name, time.monotonic() - started)
+    log.info(
+        "imported %s into %s (%s) in %.1f s", tag, driver.name, where, time.monotonic() - started
+    )
     return tag
 
 
