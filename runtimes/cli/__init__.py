@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 ENGINE_ENV = "RLMESH_CLI_ENGINE"
 ENGINES = ("docker", "podman")
-#: Network without a route out, for ``RunSpec(network=False)``.
+#: Docker network without NAT, for ``RunSpec(network=False)``.
 OFFLINE_NETWORK = "rlmesh-offline"
 _LOG_TAIL = 40
 
@@ -215,21 +215,20 @@ class CliDriver(RuntimeDriver):
     def _offline_network(self) -> str:
         """A network with no route out that still lets the host reach published ports.
 
-        docker: a bridge without IP masquerading (``--internal`` would drop published ports);
-        podman: an internal network (netavark keeps port forwarding on those).
+        An ``--internal`` network would drop the published port too. docker: a bridge without
+        IP masquerading; podman: slirp4netns sending outbound traffic from 127.0.0.1.
         """
+        if self.engine == "podman":
+            return "slirp4netns:outbound_addr=127.0.0.1"
         with self._errors(f"preparing network {OFFLINE_NETWORK}"):
             if self._whales.network.exists(OFFLINE_NETWORK):
                 return OFFLINE_NETWORK
-            # python-on-whales' network.create() has no --internal, so spell the command out.
-            isolation = (
-                ["--opt", "com.docker.network.bridge.enable_ip_masquerade=false"]
-                if self.engine == "docker"
-                else ["--internal"]
-            )
             try:
-                whales_utils.run(
-                    self._command("network", "create", *isolation, "--label", f"{MANAGED}=true", OFFLINE_NETWORK)
+                self._whales.network.create(
+                    OFFLINE_NETWORK,
+                    driver="bridge",
+                    options=["com.docker.network.bridge.enable_ip_masquerade=false"],
+                    labels={MANAGED: "true"},
                 )
             except whales_errors.DockerException:
                 # A concurrent run created it first.
@@ -303,8 +302,9 @@ class CliDriver(RuntimeDriver):
             state = container.state
         addresses: dict[int, str] = {}
         for port in ports:
-            bindings = bound.get(f"{port}/tcp") or []
-            if not bindings or not bindings[0].host_port:
+            # python-on-whales leaves the bindings as inspect's raw {"HostIp", "HostPort"} dicts.
+            bindings: list[dict[str, str]] = list(bound.get(f"{port}/tcp") or [])
+            if not bindings or not bindings[0].get("HostPort"):
                 raise ContainerError(
                     f"{self.engine} CLI: container {container.id[:12]} has no host port for "
                     f"{port}/tcp (state {state.status!r}, exit code {state.exit_code}); it "
@@ -312,8 +312,8 @@ class CliDriver(RuntimeDriver):
                     exit_code=state.exit_code,
                     logs=self.logs(container.id, tail=_LOG_TAIL),
                 )
-            host_ip = bindings[0].host_ip or "127.0.0.1"
-            addresses[port] = f"tcp://{host_ip}:{bindings[0].host_port}"
+            host_ip = bindings[0].get("HostIp") or "127.0.0.1"
+            addresses[port] = f"tcp://{host_ip}:{bindings[0]['HostPort']}"
         return addresses
 
     def _inspect(self, container_id: str) -> python_on_whales.Container:

@@ -38,15 +38,15 @@ from rlmesh.runtime.driver import (
     RunSpec,
     RuntimeDriver,
 )
-from rlmesh.runtime.labels import MANAGED, with_owner_labels
+from rlmesh.runtime.labels import with_owner_labels
 
 __all__ = ["PodmanDriver", "default_socket"]
 
 log = logging.getLogger(__name__)
 
 ROOTFUL_SOCKET = "/run/podman/podman.sock"
-#: Network without a route out, for ``RunSpec(network=False)``.
-OFFLINE_NETWORK = "rlmesh-offline"
+#: For ``RunSpec(network=False)``: outbound connections leave from 127.0.0.1 and go nowhere.
+OFFLINE_SLIRP_OPTION = "outbound_addr=127.0.0.1"
 _LOG_TAIL = 40
 _CPU_PERIOD = 100_000
 
@@ -248,20 +248,6 @@ class PodmanDriver(RuntimeDriver):
 
     # -- containers -------------------------------------------------------------------------
 
-    def _offline_network(self) -> str:
-        """An internal network: no route out, but the host still reaches published ports."""
-        with self._errors(f"preparing network {OFFLINE_NETWORK}"):
-            if not self.client.networks.exists(OFFLINE_NETWORK):
-                try:
-                    self.client.networks.create(
-                        OFFLINE_NETWORK, internal=True, labels={MANAGED: "true"}
-                    )
-                except podman.errors.APIError as exc:
-                    # A concurrent run created it first.
-                    if not self.client.networks.exists(OFFLINE_NETWORK):
-                        raise RuntimeDriverError(f"podman: creating network {OFFLINE_NETWORK}: {exc}") from exc
-        return OFFLINE_NETWORK
-
     def _run_options(self, spec: RunSpec) -> dict[str, Any]:
         options: dict[str, Any] = {
             "environment": dict(spec.env),
@@ -286,7 +272,10 @@ class PodmanDriver(RuntimeDriver):
         if spec.gpus:
             options["devices"] = ["nvidia.com/gpu=all"]
         if not spec.network:
-            options["networks"] = {self._offline_network(): {}}
+            # An --internal network would also cut the host off from the published port;
+            # slirp4netns bound to loopback for outbound traffic keeps the port and drops the rest.
+            options["network_mode"] = "slirp4netns"
+            options["network_options"] = {"slirp4netns": [OFFLINE_SLIRP_OPTION]}
         return options
 
     def run(self, spec: RunSpec) -> ContainerHandle:
