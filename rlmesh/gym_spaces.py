@@ -22,7 +22,7 @@ __all__ = ["spec_from_gymnasium", "gymnasium_from_spec"]
 def _tensor(array: Any) -> Tensor:
     import numpy as np
 
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array)  # not ascontiguousarray: that turns 0-d bounds into shape (1,)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
     return Tensor(array.tobytes(), array.dtype.name, array.shape)
