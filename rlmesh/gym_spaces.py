@@ -71,7 +71,7 @@ def gymnasium_from_spec(spec: SpaceSpec, seed: int | None = None) -> Any:
         low = _array(spec.low)
         return spaces.Box(low, _array(spec.high), spec.shape, low.dtype, seed=seed)
     if isinstance(spec, DiscreteSpec):
-        return spaces.Discrete(spec.n, seed=seed, start=spec.start)
+        return spaces.Discrete(spec.n, seed=seed, start=spec.start, dtype=spec.dtype)
     if isinstance(spec, MultiBinarySpec):
         return spaces.MultiBinary(list(spec.shape) if len(spec.shape) != 1 else spec.shape[0], seed=seed)
     if isinstance(spec, MultiDiscreteSpec):
