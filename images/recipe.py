@@ -92,14 +92,14 @@ def validate_package_spec(spec: str, *, allow_urls: bool = False) -> str:
     """
     if not isinstance(spec, str):
         raise PackageSpecError(f"package spec must be a string, got {type(spec).__name__}")
-    text = spec.strip()
-    if not text:
-        raise PackageSpecError(f"empty package spec: give a requirement, {_EXAMPLE}")
-    if any(ord(char) < 32 or ord(char) == 127 for char in text):
+    if any(ord(char) < 32 or ord(char) == 127 for char in spec):
         raise PackageSpecError(
             f"package spec {spec!r} contains a newline or control character: "
             f"give one requirement per list item, {_EXAMPLE}"
         )
+    text = spec.strip()
+    if not text:
+        raise PackageSpecError(f"empty package spec: give a requirement, {_EXAMPLE}")
     if text.startswith("-"):
         raise PackageSpecError(
             f"package spec {spec!r} is a pip option: options such as --index-url, -e or -r are "
@@ -134,14 +134,15 @@ def _validate_url_requirement(spec: str, requirement: str, allow_urls: bool) -> 
 
 
 def _why_not_requirement(requirement: str) -> str:
+    # Metacharacters first: they say more about what went wrong than the spaces around them.
     for char in requirement:
         if char in _SHELL_METACHARACTERS and char not in "<>*!~":
             return f"contains the shell metacharacter {char!r}; give a plain requirement, {_EXAMPLE}"
-        if char.isspace():
-            return (
-                "contains a space; write the requirement without spaces "
-                f"(only an environment marker after ';' may have them), {_EXAMPLE}"
-            )
+    if any(char.isspace() for char in requirement):
+        return (
+            "contains a space; write the requirement without spaces "
+            f"(only an environment marker after ';' may have them), {_EXAMPLE}"
+        )
     return f"is not a valid requirement (name, optional [extras], version clauses), {_EXAMPLE}"
 
 
