@@ -63,7 +63,8 @@ class Connection:
         self.endpoint = endpoint
         self.address = to_user_address(endpoint)
         self.request_timeout = request_timeout
-        self._tensor_factory = tensor_factory
+        # The handshake decodes to plain Tensors: space specs hold Tensor bounds whatever the backend.
+        self._tensor_factory: codec.TensorFactory | None = None
         self._object_array = object_array
         self._session = uuid.uuid4().hex
         self._request_id = 0
@@ -81,6 +82,7 @@ class Connection:
         except BaseException:
             self.close(notify=False)
             raise
+        self._tensor_factory = tensor_factory
         if heartbeat_interval:
             self._heartbeat = threading.Thread(target=self._beat, args=(heartbeat_interval,),
                                                name="rlmesh-heartbeat", daemon=True)
