@@ -280,27 +280,33 @@ class PodmanDriver(RuntimeDriver):
 
     def run(self, spec: RunSpec) -> ContainerHandle:
         options = self._run_options(spec)
-        with self._errors(f"creating a container from {spec.image}"):
-            try:
-                container = self.client.containers.create(
-                    spec.image, command=list(spec.command) or None, **options
-                )
-            except podman.errors.APIError as exc:
-                if spec.gpus and "nvidia.com/gpu" in str(exc):
-                    raise RuntimeDriverError(
-                        f"podman: GPUs were requested but the engine cannot provide them ({exc}). "
-                        "Generate the NVIDIA CDI spec (nvidia-ctk cdi generate) or run without gpus=True."
-                    ) from exc
-                raise
+        with self._errors(f"creating a container from {spec.image}"), self._gpu_refusal(spec):
+            container = self.client.containers.create(
+                spec.image, command=list(spec.command) or None, **options
+            )
         try:
             with self._errors(f"starting container {container.short_id} from {spec.image}"):
-                container.start()
+                with self._gpu_refusal(spec):
+                    container.start()
                 container.reload()
             addresses = self._addresses(container.attrs, spec.ports)
         except BaseException:
             self.stop(str(container.id), timeout=0)
             raise
         return ContainerHandle(id=str(container.id), addresses=addresses, driver=self.name)
+
+    @contextlib.contextmanager
+    def _gpu_refusal(self, spec: RunSpec) -> Iterator[None]:
+        """Explain an engine's refusal of the CDI GPU device (at create or start time)."""
+        try:
+            yield
+        except podman.errors.APIError as exc:
+            if spec.gpus and "nvidia.com/gpu" in str(exc):
+                raise RuntimeDriverError(
+                    f"podman: GPUs were requested but the engine cannot provide them ({exc}). "
+                    "Generate the NVIDIA CDI spec (nvidia-ctk cdi generate) or run without gpus=True."
+                ) from exc
+            raise
 
     def _addresses(self, attrs: Mapping[str, Any], ports: Sequence[int]) -> dict[int, str]:
         bound = (attrs.get("NetworkSettings") or {}).get("Ports") or {}

@@ -1,0 +1,265 @@
+"""Conformance of every runtime driver against real engines (see conftest for configurations)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import pytest
+
+from rlmesh.errors import ContainerError, ImageBuildError, RuntimeDriverError
+from rlmesh.runtime import Health, RunSpec, RuntimeDriver, reap_orphans
+from rlmesh.runtime.labels import OWNER_PID, OWNER_START, process_start_time
+
+from .conftest import Containers, Recipes
+
+pytestmark = pytest.mark.engine
+
+ECHO_PORT = 7000
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def echo(address: str, payload: bytes, timeout: float = 10.0) -> bytes:
+    """Send ``payload`` to ``tcp://HOST:PORT`` and return the reply, retrying until ready."""
+    assert address.startswith("tcp://"), address
+    host, port = address[len("tcp://") :].rsplit(":", 1)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=2) as conn:
+                conn.sendall(payload)
+                reply = conn.recv(4096)
+                if reply:
+                    return reply
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no echo from {address} within {timeout} s")
+        time.sleep(0.05)
+
+
+def exited(driver: RuntimeDriver, container_id: str, timeout: float = 20.0) -> Health:
+    health: list[Health] = []
+
+    def done() -> bool:
+        health[:] = [driver.health(container_id)]
+        return not health[0].running
+
+    wait_for(done, timeout, f"container {container_id[:12]} to exit")
+    return health[0]
+
+
+def test_build_twice_second_is_cache_hit(
+    driver: RuntimeDriver, recipes: Recipes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipe = recipes.make('RUN echo "built once" > /built.txt\n')
+    assert not driver.image_exists(recipe.tag)
+    builds: list[str] = []
+    real_build = driver._build
+
+    def counting_build(*args: object, **kwargs: object) -> None:
+        builds.append(recipe.tag)
+        real_build(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(driver, "_build", counting_build)
+    lines: list[str] = []
+    assert driver.build(recipe, progress=lines.append) == recipe.tag
+    assert driver.image_exists(recipe.tag)
+    assert builds == [recipe.tag]
+    assert lines, "the build streamed no progress lines"
+
+    started = time.monotonic()
+    assert driver.build(recipe) == recipe.tag
+    cached = time.monotonic() - started
+    assert builds == [recipe.tag], "the second build of identical inputs rebuilt the image"
+    assert cached < 2.0, f"a cache hit took {cached:.2f} s"
+
+
+def test_build_failure_raises_with_log(driver: RuntimeDriver, recipes: Recipes) -> None:
+    recipe = recipes.make("RUN echo marker-before-failure && exit 7\n")
+    with pytest.raises(ImageBuildError) as failure:
+        driver.build(recipe)
+    assert "marker-before-failure" in str(failure.value)
+    assert "marker-before-failure" in failure.value.log
+    assert not driver.image_exists(recipe.tag)
+
+
+def test_run_publishes_port_and_talks_to_process(
+    driver: RuntimeDriver, echo_image: str, containers: Containers
+) -> None:
+    handle = containers.run(RunSpec(echo_image, ports=[ECHO_PORT]))
+    assert set(handle.addresses) == {ECHO_PORT}
+    assert handle.addresses[ECHO_PORT].startswith("tcp://127.0.0.1:")
+    assert echo(handle.addresses[ECHO_PORT], b"ping from the host") == b"ping from the host"
+    assert driver.health(handle.id) == Health(running=True)
+
+
+def test_env_vars_are_passed(driver: RuntimeDriver, echo_image: str, containers: Containers) -> None:
+    handle = containers.run(
+        RunSpec(
+            echo_image,
+            command=["python3", "-c", "import os; print('VALUE=' + os.environ['RLMESH_TEST_VAR'])"],
+            env={"RLMESH_TEST_VAR": "spaces and = signs"},
+        )
+    )
+    health = exited(driver, handle.id)
+    assert health.exit_code == 0, health
+    assert "VALUE=spaces and = signs" in driver.logs(handle.id)
+
+
+def test_health_of_crashing_container(
+    driver: RuntimeDriver, echo_image: str, containers: Containers
+) -> None:
+    script = "import sys; print('about to crash', flush=True); sys.exit(3)"
+    handle = containers.run(RunSpec(echo_image, command=["python3", "-c", script]))
+    health = exited(driver, handle.id)
+    assert health.running is False
+    assert health.exit_code == 3
+    assert "about to crash" in health.logs_tail
+
+
+def test_stop_is_fast_and_idempotent(
+    driver: RuntimeDriver, echo_image: str, containers: Containers
+) -> None:
+    handle = containers.run(RunSpec(echo_image, ports=[ECHO_PORT]))
+    echo(handle.addresses[ECHO_PORT], b"up")
+    started = time.monotonic()
+    driver.stop(handle.id)
+    took = time.monotonic() - started
+    # Without an init process the server ignores SIGTERM and stop waits the full 5 s timeout.
+    assert took < 2.0, f"stop took {took:.2f} s"
+    assert handle.id not in {c.id for c in driver.list(containers.labels)}
+    with pytest.raises(ContainerError):
+        driver.health(handle.id)
+    driver.stop(handle.id)  # already gone: no error
+
+
+def test_remove_and_list_by_labels(
+    driver: RuntimeDriver, echo_image: str, containers: Containers
+) -> None:
+    sleeper = ["python3", "-c", "import time; time.sleep(600)"]
+    first = containers.run(RunSpec(echo_image, command=sleeper, labels={"io.rlmesh.test.case": "list-a"}))
+    second = containers.run(RunSpec(echo_image, command=sleeper, labels={"io.rlmesh.test.case": "list-b"}))
+
+    only_a = driver.list({**containers.labels, "io.rlmesh.test.case": "list-a"})
+    assert [c.id for c in only_a] == [first.id]
+    assert only_a[0].running
+    assert only_a[0].labels["io.rlmesh.managed"] == "true"
+    assert only_a[0].labels[OWNER_PID] == str(os.getpid())
+    both = {c.id for c in driver.list(containers.labels)}
+    assert {first.id, second.id} <= both
+
+    driver.remove(first.id)
+    remaining = {c.id for c in driver.list(containers.labels)}
+    assert first.id not in remaining
+    assert second.id in remaining
+
+
+def test_reap_orphans_removes_dead_owner_keeps_live(
+    driver: RuntimeDriver, echo_image: str, containers: Containers
+) -> None:
+    # A real process that has exited: its pid and start time are what a crashed owner leaves.
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead_start = process_start_time(owner.pid)
+    owner.kill()
+    owner.wait()
+    sleeper = ["python3", "-c", "import time; time.sleep(600)"]
+    orphan = containers.run(
+        RunSpec(
+            echo_image,
+            command=sleeper,
+            labels={OWNER_PID: str(owner.pid), OWNER_START: dead_start or ""},
+        )
+    )
+    alive = containers.run(RunSpec(echo_image, command=sleeper))
+
+    reaped = reap_orphans(driver)
+
+    assert orphan.id in reaped
+    assert alive.id not in reaped
+    remaining = {c.id for c in driver.list(containers.labels)}
+    assert orphan.id not in remaining
+    assert alive.id in remaining
+
+
+def test_limits_applied_where_supported(
+    driver: RuntimeDriver, echo_image: str, containers: Containers
+) -> None:
+    spec = RunSpec(
+        echo_image,
+        # The container reports its own cgroup limits (v1 and v2 paths).
+        command=[
+            "sh",
+            "-c",
+            "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.cfs_quota_us "
+            "/sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max 2>/dev/null; true",
+        ],
+        memory="256m",
+        cpus=0.5,
+    )
+    if not driver.supports_limits:
+        with pytest.raises(RuntimeDriverError, match="limits"):
+            containers.run(spec)
+        return
+    handle = containers.run(spec)
+    assert exited(driver, handle.id).exit_code == 0
+    output = driver.logs(handle.id).split()
+    assert str(256 * 1024 * 1024) in output, output
+    # 0.5 CPU = 50 ms of CPU time per 100 ms period.
+    assert "50000" in output, output
+
+
+def test_gpu_request_is_served_or_refused_clearly(
+    driver: RuntimeDriver, echo_image: str, containers: Containers
+) -> None:
+    sleeper = ["python3", "-c", "import time; time.sleep(600)"]
+    try:
+        containers.run(RunSpec(echo_image, command=sleeper, gpus=True))
+    except RuntimeDriverError as exc:
+        assert "without gpus=True" in str(exc), exc
+    # Either way nothing half-created may linger besides what the tracker will stop.
+    leftovers = [c for c in driver.list(containers.labels) if c.id not in containers.started]
+    assert leftovers == []
+
+
+def test_no_network_keeps_published_port(
+    driver: RuntimeDriver, echo_image: str, containers: Containers
+) -> None:
+    target = ("pypi.org", 443)
+    try:
+        address = socket.getaddrinfo(*target, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+        socket.create_connection((address, 443), timeout=5).close()
+    except OSError:
+        pytest.skip("the host itself has no outbound network to compare against")
+    probe = (
+        "import socket, subprocess\n"
+        "try:\n"
+        f"    socket.create_connection(({address!r}, 443), timeout=3).close(); print('OUTBOUND=open')\n"
+        "except OSError as exc:\n"
+        "    print('OUTBOUND=blocked', exc)\n"
+    )
+    for network, expected in ((True, "OUTBOUND=open"), (False, "OUTBOUND=blocked")):
+        probe_handle = containers.run(
+            RunSpec(echo_image, command=["python3", "-c", probe], network=network)
+        )
+        assert exited(driver, probe_handle.id).exit_code == 0
+        assert expected in driver.logs(probe_handle.id), (network, driver.logs(probe_handle.id))
+    offline = containers.run(RunSpec(echo_image, ports=[ECHO_PORT], network=False))
+    assert echo(offline.addresses[ECHO_PORT], b"still reachable") == b"still reachable"
+
+
+def test_run_missing_image_is_a_clear_error(driver: RuntimeDriver, containers: Containers) -> None:
+    with pytest.raises(RuntimeDriverError) as failure:
+        containers.run(RunSpec("rlmesh-test-no-such-image:nope"))
+    assert "rlmesh-test-no-such-image" in str(failure.value)
