@@ -238,7 +238,7 @@ def test_no_network_keeps_published_port(
 ) -> None:
     target = ("pypi.org", 443)
     try:
-        address = socket.getaddrinfo(*target, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+        address = str(socket.getaddrinfo(*target, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
         socket.create_connection((address, 443), timeout=5).close()
     except OSError:
         pytest.skip("the host itself has no outbound network to compare against")
