@@ -1,0 +1,234 @@
+"""Environments the core tests serve from a separate process (and build locally to compare).
+
+``make(name, **kwargs)`` is the single entry point, so the serving script and the tests build
+exactly the same env from a name and JSON-able keyword arguments.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gymnasium as gym
+import ml_dtypes
+import numpy as np
+from gymnasium import spaces
+
+# Every wire dtype as the NumPy dtype a server would hold it in.
+NUMPY_DTYPES: dict[str, Any] = {
+    "bool": np.bool_, "int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np.int64,
+    "uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64,
+    "float16": np.float16, "float32": np.float32, "float64": np.float64,
+    "complex64": np.complex64, "complex128": np.complex128, "bfloat16": ml_dtypes.bfloat16,
+}
+
+
+def dtype_zoo(seed: int) -> dict[str, Any]:
+    """Arrays of every dtype: small (inline in the header), large (own frame), empty, 0-d."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, Any] = {}
+    for name, dtype in NUMPY_DTYPES.items():
+        for tag, shape in (("small", (2, 3)), ("large", (64, 80, 2)), ("empty", (0, 4))):
+            if name == "bool":
+                values = rng.integers(0, 2, size=shape).astype(bool)
+            elif name.startswith(("int", "uint")):
+                info = np.iinfo(dtype)
+                values = rng.integers(info.min, info.max, size=shape, dtype=dtype, endpoint=True)
+            elif name.startswith("complex"):
+                values = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
+            else:
+                values = (rng.standard_normal(shape) * 1000).astype(dtype)
+            out[f"{name}_{tag}"] = values
+    out["float32_fortran"] = np.asfortranarray(rng.standard_normal((5, 7)).astype(np.float32))
+    out["int16_bigendian"] = np.arange(12, dtype=">i2").reshape(3, 4)
+    out["scalar_float32"] = np.float32(1.5)
+    out["scalar_int64_0d"] = np.array(7, dtype=np.int64)
+    return out
+
+
+class DtypeZooEnv(gym.Env[Any, int]):
+    """Observations hold every dtype; infos hold nested containers and arrays too."""
+
+    def __init__(self) -> None:
+        self.observation_space = spaces.Dict(
+            {"float32_small": spaces.Box(-np.inf, np.inf, (2, 3), np.float32)})
+        self.action_space = spaces.Discrete(3)
+        self._t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        super().reset(seed=seed)
+        self._t = 0 if seed is None else seed
+        return dtype_zoo(self._t), info_zoo(self._t)
+
+    def step(self, action: int) -> Any:
+        self._t += 1
+        return dtype_zoo(self._t), float(action), False, False, info_zoo(self._t)
+
+
+def info_zoo(seed: int) -> dict[str, Any]:
+    return {
+        "seed": seed,
+        "nested": {"a": [1, 2.5, "x", None, True], "b": {"c": np.arange(3, dtype=np.int32)}},
+        "tuple": (1, (2, "three")),
+        "bytes": b"\x00\xff",
+        "array": np.linspace(0, 1, 5),
+        "big": np.full(20000, seed, dtype=np.float32),
+        "np_scalar": np.float64(0.25),
+        "np_bool": np.bool_(True),
+        "objects": np.array([None, {"k": 1}, "s"], dtype=object),
+    }
+
+
+def nested_space() -> spaces.Space[Any]:
+    return spaces.Dict({
+        "pos": spaces.Box(-1.0, 1.0, (3,), np.float32),
+        "inner": spaces.Tuple((
+            spaces.Discrete(4, start=-2),
+            spaces.Dict({"bits": spaces.MultiBinary([2, 2]),
+                         "md": spaces.MultiDiscrete([[2, 3], [4, 5]], start=[[1, 1], [0, -3]])}),
+        )),
+        "name": spaces.Text(6, min_length=2, charset="abcXYZ"),
+    })
+
+
+def space_zoo() -> dict[str, spaces.Space[Any]]:
+    """One Gymnasium space of every kind and interesting variant, by name."""
+    inf = np.inf
+    zoo: dict[str, spaces.Space[Any]] = {
+        "box_f32": spaces.Box(-1.0, 2.0, (3, 2), np.float32),
+        "box_f64_inf": spaces.Box(np.array([-inf, 0.0, -inf]), np.array([inf, inf, 1.0]), (3,), np.float64),
+        "box_f16": spaces.Box(-4.0, 4.0, (2,), np.float16),
+        "box_bool": spaces.Box(0, 1, (2, 2), np.bool_),
+        "box_scalar": spaces.Box(-3.0, 3.0, (), np.float32),
+        "box_varied": spaces.Box(np.array([[-1.0, -2.0], [0.0, 5.0]], np.float32),
+                                 np.array([[1.0, 2.0], [0.5, 6.0]], np.float32)),
+    }
+    for name in ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"):
+        info = np.iinfo(name)
+        # Full integer range for 8/16 bit; a sampler-friendly range for the wide ones.
+        low, high = (info.min, info.max) if info.bits <= 16 else (max(info.min, -1000), 1000)
+        zoo[f"box_{name}"] = spaces.Box(low, high, (4,), np.dtype(name))
+    zoo.update({
+        "discrete": spaces.Discrete(5),
+        "discrete_start": spaces.Discrete(3, start=-7),
+        "discrete_int32": spaces.Discrete(4, start=2, dtype=np.int32),
+        "multibinary_1d": spaces.MultiBinary(5),
+        "multibinary_nd": spaces.MultiBinary([2, 3, 2]),
+        "multidiscrete": spaces.MultiDiscrete([3, 4, 5]),
+        "multidiscrete_start": spaces.MultiDiscrete(np.array([[2, 3], [4, 5]]), start=[[-1, 0], [10, -5]]),
+        "multidiscrete_int32": spaces.MultiDiscrete([6, 7], dtype=np.int32, start=[1, 2]),
+        "text": spaces.Text(8),
+        "text_charset": spaces.Text(5, min_length=0, charset="01ab"),
+        "dict": spaces.Dict({"a": spaces.Discrete(2), "b": spaces.Box(0.0, 1.0, (2,), np.float32)}),
+        "tuple": spaces.Tuple((spaces.Discrete(3), spaces.MultiBinary(2))),
+        "nested": nested_space(),
+    })
+    zoo["everything"] = spaces.Dict(dict(zoo))
+    return zoo
+
+
+class SpaceEnv(gym.Env[Any, Any]):
+    """Observation and action space are both the named space; step echoes the action back."""
+
+    def __init__(self, space: str) -> None:
+        self.observation_space = space_zoo()[space]
+        self.action_space = space_zoo()[space]
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        super().reset(seed=seed)
+        self.observation_space.seed(seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action: Any) -> Any:
+        return action, 0.0, False, False, {}
+
+
+class FaultyEnv(gym.Env[Any, int]):
+    """Action 2 raises inside the env; action 3 sleeps (a slow step); reset(options=) can raise."""
+
+    def __init__(self) -> None:
+        self.observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.action_space = spaces.Discrete(4)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        super().reset(seed=seed)
+        if options and options.get("fail"):
+            raise KeyError("reset asked to fail")
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action: int) -> Any:
+        if action == 2:
+            _explode_deep_inside()
+        if action == 3:
+            time.sleep(10)
+        return np.full(2, 0.5, np.float32), 1.0, False, False, {}
+
+
+def _explode_deep_inside() -> None:
+    raise RuntimeError("the env blew up on purpose")
+
+
+class BigObsEnv(gym.Env[Any, int]):
+    """A float32 observation of ``nbytes`` bytes (1 MiB by default)."""
+
+    def __init__(self, nbytes: int = 1 << 20) -> None:
+        n = nbytes // 4
+        self.observation_space = spaces.Box(-np.inf, np.inf, (n,), np.float32)
+        self.action_space = spaces.Discrete(2)
+        self._obs = np.arange(n, dtype=np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        super().reset(seed=seed)
+        return self._obs.copy(), {}
+
+    def step(self, action: int) -> Any:
+        self._obs[action] += 1.0
+        return self._obs.copy(), 0.0, False, False, {}
+
+
+class ImageEnv(gym.Env[Any, int]):
+    """An Atari-like env: uint8 frames of ``shape`` that change every step."""
+
+    def __init__(self, shape: tuple[int, ...] = (84, 84, 3)) -> None:
+        self.observation_space = spaces.Box(0, 255, tuple(shape), np.uint8)
+        self.action_space = spaces.Discrete(4)
+        self._frame = np.zeros(tuple(shape), np.uint8)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        super().reset(seed=seed)
+        self._frame = self.np_random.integers(0, 256, self._frame.shape, dtype=np.uint8)
+        return self._frame.copy(), {}
+
+    def step(self, action: int) -> Any:
+        self._frame += np.uint8(action + 1)
+        return self._frame.copy(), 1.0, False, False, {}
+
+
+def cartpole_vec(num_envs: int = 3, mode: str = "sync", autoreset: str = "NextStep",
+                 render_mode: str | None = None) -> Any:
+    kwargs: dict[str, Any] = {"render_mode": render_mode} if render_mode else {}
+    return gym.make_vec("CartPole-v1", num_envs=num_envs, vectorization_mode=mode,
+                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode(autoreset)}, **kwargs)
+
+
+def make(name: str, **kwargs: Any) -> Any:
+    """Build the env (or list of envs) called ``name``."""
+    if name == "cartpole":
+        return gym.make("CartPole-v1", **kwargs)
+    if name == "pendulum":
+        return gym.make("Pendulum-v1", **kwargs)
+    if name == "cartpole_vec":
+        return cartpole_vec(**kwargs)
+    if name == "cartpole_list":
+        return [gym.make("CartPole-v1", **kwargs) for _ in range(2)]
+    if name == "dtype_zoo":
+        return DtypeZooEnv()
+    if name == "space":
+        return SpaceEnv(**kwargs)
+    if name == "faulty":
+        return FaultyEnv()
+    if name == "big_obs":
+        return BigObsEnv(**kwargs)
+    if name == "image":
+        return ImageEnv(**kwargs)
+    raise KeyError(f"no test env called {name!r}")
