@@ -88,11 +88,11 @@ def debian_mirror(
 
 def _mirror_from_deb822(text: str, suite: str) -> str | None:
     for stanza in re.split(r"\n\s*\n", text):
-        fields = dict(
-            (key.strip().lower(), value.strip())
+        fields = {
+            key.strip().lower(): value.strip()
             for key, sep, value in (line.partition(":") for line in stanza.splitlines())
             if sep and not key.startswith(("#", " ", "\t"))
-        )
+        }
         if suite in fields.get("suites", "").split() and fields.get("uris"):
             return fields["uris"].split()[0]
     return None

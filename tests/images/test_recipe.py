@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,8 +35,8 @@ def fake_ca_dir(tmp_path: Path) -> Path:
     return directory
 
 
-def full_recipe(ca_dir: Path | None, **overrides: object) -> ImageRecipe:
-    arguments: dict[str, object] = dict(
+def full_recipe(ca_dir: Path | None, **overrides: Any) -> ImageRecipe:
+    arguments: dict[str, Any] = dict(
         base_image="rlmesh-base:bookworm",
         packages=["gymnasium[classic-control]==1.3.0", "numpy>=1.24,<3",
                   'pyzmq; python_version > "3.8"'],
@@ -46,7 +47,7 @@ def full_recipe(ca_dir: Path | None, **overrides: object) -> ImageRecipe:
         ca_cert_dir=ca_dir,
     )
     arguments.update(overrides)
-    return sandbox_recipe(**arguments)  # type: ignore[arg-type]
+    return sandbox_recipe(**arguments)
 
 
 def check_golden(name: str, text: str) -> None:
