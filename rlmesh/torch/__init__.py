@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Union
 
+from rlmesh._sandbox import SandboxEnvBase, SandboxVectorEnvBase
 from rlmesh.backend import Backend
 from rlmesh.client import RemoteEnvBase, RemoteVectorEnvBase
 from rlmesh.codec import ObjectArray
@@ -23,6 +24,8 @@ __all__ = [
     "space_from_spec",
     "RemoteEnv",
     "RemoteVectorEnv",
+    "SandboxEnv",
+    "SandboxVectorEnv",
 ]
 
 TorchValue = Union[None, bool, int, float, str, bytes, object, list["TorchValue"],
@@ -133,3 +136,20 @@ class RemoteVectorEnv(RemoteVectorEnvBase[TorchValue, TorchValue]):
     """Experimental remote vector env client with batched Torch values."""
 
     _backend = BACKEND
+
+
+class SandboxEnv(SandboxEnvBase[TorchValue, TorchValue]):
+    """Owned sandbox session for one environment; its client is :class:`RemoteEnv`.
+
+    Example:
+        >>> with SandboxEnv("CartPole-v1", packages=["gymnasium==1.3.0"]) as env:  # doctest: +SKIP
+        ...     obs, info = env.reset(seed=42)
+    """
+
+    _client_class = RemoteEnv
+
+
+class SandboxVectorEnv(SandboxVectorEnvBase[TorchValue, TorchValue]):
+    """Owned sandbox session serving ``num_envs`` environments; its client is :class:`RemoteVectorEnv`."""
+
+    _client_class = RemoteVectorEnv

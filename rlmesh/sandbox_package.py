@@ -1,0 +1,124 @@
+"""Which rlmesh a sandbox installs, so that it speaks exactly the host's version.
+
+``rlmesh_package`` may be a pip requirement (``"rlmesh==0.2.0"``), a wheel path, or ``"local"``
+(build a wheel from the rlmesh checkout). Unset, the environment variable
+``RLMESH_SANDBOX_RLMESH_PACKAGE`` decides; otherwise a released host installs the same release,
+and an unreleased host (a dev version or a source checkout) builds a wheel of its own source,
+so the handshake always matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import rlmesh
+from rlmesh._version import __version__
+from rlmesh.errors import SandboxError
+
+__all__ = ["RlmeshPackage", "resolve_rlmesh_package", "find_repo_root", "build_local_wheel"]
+
+log = logging.getLogger(__name__)
+
+ENV_VARIABLE = "RLMESH_SANDBOX_RLMESH_PACKAGE"
+_RELEASE = re.compile(r"^\d+(\.\d+)*$")
+# Fixed zip timestamps make the same source give a byte-identical wheel, so image caching works.
+_SOURCE_DATE_EPOCH = "315532800"
+_SOURCE_DIRS = ("rlmesh", "runtimes", "images")
+
+
+@dataclass(frozen=True)
+class RlmeshPackage:
+    """Exactly one of a requirement string or a wheel file."""
+
+    requirement: str | None = None
+    wheel: Path | None = None
+
+
+def find_repo_root(repo_root: str | os.PathLike[str] | None = None) -> Path | None:
+    """The rlmesh checkout: ``repo_root`` if given (validated), else the one this rlmesh runs from."""
+    candidates = [Path(repo_root)] if repo_root is not None else [Path(rlmesh.__file__).resolve().parents[1]]
+    for root in candidates:
+        pyproject = root / "pyproject.toml"
+        if pyproject.is_file() and re.search(r'(?m)^name\s*=\s*"rlmesh"', pyproject.read_text()):
+            return root
+        if repo_root is not None:
+            raise SandboxError(f"repo_root {str(root)!r} is not an rlmesh checkout (no pyproject.toml "
+                               "naming rlmesh)")
+    return None
+
+
+def _source_hash(root: Path) -> str:
+    digest = hashlib.sha256()
+    files = [root / "pyproject.toml", root / "README.md"]
+    for directory in _SOURCE_DIRS:
+        files += sorted(p for p in (root / directory).rglob("*")
+                        if p.is_file() and "__pycache__" not in p.parts)
+    for path in files:
+        if path.is_file():
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:24]
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rlmesh" / "wheels"
+
+
+def build_local_wheel(root: Path) -> Path:
+    """Build (or reuse) a reproducible wheel of the checkout at ``root``."""
+    target = _cache_dir() / _source_hash(root)
+    existing = sorted(target.glob("rlmesh-*.whl")) if target.is_dir() else []
+    if existing:
+        return existing[0]
+    log.info("building an rlmesh wheel from %s for the sandbox", root)
+    with tempfile.TemporaryDirectory() as scratch:
+        command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                   "--quiet", "--wheel-dir", scratch, str(root)]
+        env = {**os.environ, "SOURCE_DATE_EPOCH": _SOURCE_DATE_EPOCH}
+        result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+        wheels = sorted(Path(scratch).glob("rlmesh-*.whl"))
+        if result.returncode != 0 or not wheels:
+            raise SandboxError(f"building the rlmesh wheel from {root} failed:\n"
+                               f"{(result.stderr or result.stdout)[-2000:]}")
+        target.mkdir(parents=True, exist_ok=True)
+        return Path(shutil.move(str(wheels[0]), target / wheels[0].name))
+
+
+def resolve_rlmesh_package(
+    rlmesh_package: str | os.PathLike[str] | None = None,
+    *,
+    repo_root: str | os.PathLike[str] | None = None,
+) -> RlmeshPackage:
+    """Decide what the sandbox installs; see the module docstring for the rules."""
+    value = rlmesh_package if rlmesh_package is not None else os.environ.get(ENV_VARIABLE) or None
+    if value is None:
+        root = find_repo_root(repo_root) if repo_root is not None else find_repo_root()
+        if _RELEASE.match(__version__) and root is None:
+            return RlmeshPackage(requirement=f"rlmesh=={__version__}")
+        if root is None:
+            raise SandboxError(
+                f"this host runs an unreleased rlmesh ({__version__}) and no rlmesh checkout was "
+                "found to build it from; pass rlmesh_package='/path/to/rlmesh.whl' or "
+                "repo_root='/path/to/rlmesh'"
+            )
+        return RlmeshPackage(wheel=build_local_wheel(root))
+    if str(value) == "local":
+        root = find_repo_root(repo_root)
+        if root is None:
+            raise SandboxError("rlmesh_package='local' needs an rlmesh checkout; pass repo_root=")
+        return RlmeshPackage(wheel=build_local_wheel(root))
+    if str(value).endswith(".whl"):
+        wheel = Path(value).expanduser()
+        if not wheel.is_file():
+            raise SandboxError(f"rlmesh_package wheel {str(wheel)!r} does not exist")
+        return RlmeshPackage(wheel=wheel.resolve())
+    return RlmeshPackage(requirement=str(value))
