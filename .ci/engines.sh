@@ -197,6 +197,11 @@ stop_one() {
 stop_all() {
     CURRENT_STEP="stop"
     stop_one podman-rootless
+    # Rootless podman leaves a pause process holding its user namespace; it is ours to end too.
+    if id -u "$ROOTLESS_USER" >/dev/null 2>&1; then
+        local pause; pause="/run/user/$(id -u "$ROOTLESS_USER")/libpod/tmp/pause.pid"
+        if pid_alive "$pause"; then kill -TERM "$(cat "$pause")" && log "stopped rootless pause process"; fi
+    fi
     stop_one podman-rootful
     stop_one dockerd
     rm -f "$ENV_FILE"
