@@ -10,6 +10,7 @@ C-contiguous.
 from __future__ import annotations
 
 import math
+import struct
 import sys
 from collections.abc import Sequence
 from typing import Any, Final
@@ -49,6 +50,14 @@ def dtype_itemsize(dtype: str) -> int:
         raise TypeError(
             f"unsupported tensor dtype {dtype!r}; supported: {', '.join(sorted(DTYPES))}"
         ) from None
+
+
+def _nested(items: list[Any], shape: tuple[int, ...]) -> Any:
+    """Fold a flat C-order list into nested lists of ``shape``."""
+    if len(shape) <= 1:
+        return items if shape else items[0]
+    step = len(items) // shape[0] if shape[0] else 0
+    return [_nested(items[i * step:(i + 1) * step], shape[1:]) for i in range(shape[0])]
 
 
 class Tensor:
@@ -116,12 +125,16 @@ class Tensor:
     def data(self) -> memoryview:
         """A read-only, typed, shaped ``memoryview`` over the bytes (no copy).
 
-        bfloat16 has no buffer format, so its view is flat unsigned bytes.
+        bfloat16 and complex have no memoryview format, nor float16 before Python 3.12: their
+        view is flat unsigned bytes.
         """
         fmt = _DTYPE_TABLE[self._dtype][0]
         if fmt is None or fmt.startswith("Z") or 0 in self._shape:
             return self._bytes
-        view: memoryview = self._bytes.cast(fmt, self._shape) if self._shape else self._bytes.cast(fmt)  # type: ignore[call-overload]
+        try:
+            view: memoryview = self._bytes.cast(fmt, self._shape) if self._shape else self._bytes.cast(fmt)  # type: ignore[call-overload]
+        except ValueError:  # "e" (float16) casts only on Python 3.12+
+            return self._bytes
         return view
 
     def tobytes(self) -> bytes:
@@ -132,7 +145,8 @@ class Tensor:
         fmt = _DTYPE_TABLE[self._dtype][0]
         if fmt is None or fmt.startswith("Z"):
             raise TypeError(f"tolist() does not support {self._dtype}; convert with a backend")
-        return self.data.tolist()
+        # struct rather than memoryview.tolist(): memoryview cannot cast float16 before 3.12.
+        return _nested(list(struct.unpack(f"<{self.size}{fmt}", self._bytes)), self._shape)
 
     if sys.version_info >= (3, 12):
 
