@@ -350,13 +350,12 @@ class PodmanDriver(RuntimeDriver):
 
     def stop(self, container_id: str, *, timeout: float = 5.0) -> None:
         with self._errors(f"stopping container {container_id[:12]}"):
-            try:
-                container = self.client.containers.get(container_id)
-                if timeout > 0:
-                    container.stop(timeout=math.ceil(timeout))
-                container.remove(force=True)
-            except podman.errors.NotFound:
-                return
+            # One request: SIGTERM, SIGKILL after ``timeout``, then removal (stop + remove is slower).
+            response = self.client.api.delete(
+                f"/containers/{container_id}", params={"force": True, "timeout": math.ceil(timeout)}
+            )
+            if response.status_code != 404:
+                response.raise_for_status()
 
     def list(self, labels: Mapping[str, str]) -> list[ContainerInfo]:
         with self._errors("listing containers"):
