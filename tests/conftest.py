@@ -71,6 +71,37 @@ def stop_all(servers: Iterable[ServerProcess]) -> None:
             server.proc.wait(5)
 
 
+class ServerHost:
+    """One child process hosting many EnvServers, each in its own thread (``core_serve.py --host``).
+
+    Shared servers live here: importing the test stack once instead of once per server keeps
+    the suite fast, and the servers still run in another process than the clients.
+    """
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(SERVE_SCRIPT), "--host"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, cwd=CORE_DIR)
+
+    def start(self, env: str, address: str, env_kwargs: dict[str, Any]) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"env": env, "address": address, "env_kwargs": env_kwargs}) + "\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], 30.0)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line.startswith("READY "):
+            raise RuntimeError(f"server host could not serve {env!r}: {line!r}")
+        return line.split(" ", 1)[1].strip()
+
+    def stop(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()  # the host shuts its servers down when its stdin closes
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
 @pytest.fixture(scope="session")
 def socket_dir() -> Iterator[Path]:
     # unix socket paths must stay short (about 107 bytes), so not pytest's deep tmp_path.
@@ -100,17 +131,28 @@ def server_pool(make_address: Callable[[str], str]) -> Iterator[Callable[..., st
 
     Tests must close their clients (use the ``clients`` fixture) so the next test can attach.
     """
-    servers: dict[str, ServerProcess] = {}
+    host: ServerHost | None = None
+    addresses: dict[str, str] = {}
+    own_processes: list[ServerProcess] = []
 
     def get(env: str, transport: str = "tcp", **env_kwargs: Any) -> str:
+        nonlocal host
         key = json.dumps([env, transport, env_kwargs], sort_keys=True)
-        server = servers.get(key)
-        if server is None or not server.alive():
-            server = servers[key] = ServerProcess(env, make_address(transport), env_kwargs=env_kwargs)
-        return server.address
+        if key not in addresses:
+            if env_kwargs.get("mode") == "async":
+                # AsyncVectorEnv forks workers: do that in a process without zmq threads running.
+                server = ServerProcess(env, make_address(transport), env_kwargs=env_kwargs)
+                own_processes.append(server)
+                addresses[key] = server.address
+            else:
+                host = host or ServerHost()
+                addresses[key] = host.start(env, make_address(transport), env_kwargs)
+        return addresses[key]
 
     yield get
-    stop_all(servers.values())
+    stop_all(own_processes)
+    if host is not None:
+        host.stop()
 
 
 @pytest.fixture

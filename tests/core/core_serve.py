@@ -1,7 +1,9 @@
-"""Serve one test env in this process: ``python core_serve.py '{"env": NAME, ...}'``.
+"""Serve test envs from this process.
 
-Prints ``READY <address>`` once listening, then serves until SIGTERM or the owner timeout.
-Keys: ``env`` (name in :mod:`core_envs`), ``env_kwargs``, ``address``, ``server_kwargs``.
+``python core_serve.py CONFIG_JSON`` serves one env; ``python core_serve.py --host`` reads one
+CONFIG_JSON per line from stdin and serves each from its own thread (one import of the test
+stack for many servers), until stdin closes. Either way each server answers ``READY <address>``.
+Config keys: ``env`` (name in :mod:`core_envs`), ``env_kwargs``, ``address``, ``server_kwargs``.
 """
 
 from __future__ import annotations
@@ -9,17 +11,38 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from typing import Any
 
 import core_envs
 
 from rlmesh import EnvServer
 
 
-def main() -> None:
-    config = json.loads(sys.argv[1])
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+def make_server(config: dict[str, Any]) -> EnvServer:
     env = core_envs.make(config["env"], **config.get("env_kwargs", {}))
-    server = EnvServer(env, config.get("address", "tcp://127.0.0.1:0"), **config.get("server_kwargs", {}))
+    return EnvServer(env, config.get("address", "tcp://127.0.0.1:0"), **config.get("server_kwargs", {}))
+
+
+def host() -> None:
+    servers = []
+    for line in sys.stdin:
+        try:
+            server = make_server(json.loads(line)).start()
+        except Exception as exc:  # report it to the test that asked, keep hosting the others
+            print("ERROR", repr(exc).replace("\n", " "), flush=True)
+            continue
+        servers.append(server)
+        print("READY", server.address, flush=True)
+    for server in servers:
+        server.shutdown()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if sys.argv[1] == "--host":
+        host()
+        return
+    server = make_server(json.loads(sys.argv[1]))
     print("READY", server.address, flush=True)
     server.serve()
 
