@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,11 @@ from rlmesh_images import bootstrap, import_check
 from rlmesh_images.recipe import sandbox_recipe, validate_image_name, validate_import_name
 from rlmesh_images.recipe import validate_package_spec
 
+from .conftest import TEST_LABELS
+
 GOLDEN = Path(__file__).parent / "golden"
 # Set to regenerate the golden files after an intended change, then review the diff.
 UPDATE_GOLDEN = os.environ.get("RLMESH_UPDATE_GOLDEN") == "1"
-ENGINES_ENV = Path("/run/rlmesh/engines.env")
-TEST_LABELS = {"io.rlmesh.test": "images"}
 
 
 @pytest.fixture
@@ -327,49 +326,6 @@ def test_import_check_reports_each_failure(capsys: pytest.CaptureFixture[str]) -
 
 
 # -- real builds ----------------------------------------------------------------------------------
-
-
-def _engine_settings() -> dict[str, str]:
-    if not ENGINES_ENV.exists():
-        return {}
-    pairs = (line.split("=", 1) for line in ENGINES_ENV.read_text().splitlines() if "=" in line)
-    return {key: value for key, value in pairs}
-
-
-ENGINES = {
-    "docker": ("docker", "DOCKER_HOST"),
-    "podman-rootful": ("podman", "RLMESH_PODMAN_ROOTFUL_SOCKET"),
-    "podman-rootless": ("podman", "RLMESH_PODMAN_ROOTLESS_SOCKET"),
-}
-
-
-@pytest.fixture(params=sorted(ENGINES))
-def engine(request: pytest.FixtureRequest) -> Iterator[RuntimeDriver]:
-    yield from _driver(request.param)
-
-
-@pytest.fixture
-def dockerd() -> Iterator[RuntimeDriver]:
-    yield from _driver("docker")
-
-
-def _driver(engine_name: str) -> Iterator[RuntimeDriver]:
-    from rlmesh.runtime.discovery import get_driver
-
-    runtime, variable = ENGINES[engine_name]
-    host = _engine_settings().get(variable)
-    driver = get_driver(runtime, host=host) if host else None
-    availability = driver.available() if driver else None
-    if driver is None or not availability:
-        reason = availability.reason if availability else f"{variable} not in {ENGINES_ENV}"
-        message = f"ENGINE {engine_name} NOT UP ({reason}); start the engines with .ci/engines.sh"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    try:
-        yield driver
-    finally:
-        driver.close()
 
 
 def _wait_exit(driver: RuntimeDriver, container_id: str, timeout: float = 60.0) -> int | None:
