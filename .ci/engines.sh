@@ -118,7 +118,7 @@ start_podman_rootful() {
 setup_rootless_user() {
     id -u "$ROOTLESS_USER" >/dev/null 2>&1 || useradd -m -s /bin/bash "$ROOTLESS_USER"
     local uid home; uid=$(id -u "$ROOTLESS_USER"); home=$(getent passwd "$ROOTLESS_USER" | cut -d: -f6)
-    # 65536 sub-ids per user, above the range useradd hands out.
+    # useradd normally allocates sub-ids; otherwise add 65536 placed by uid so ranges never overlap.
     for f in /etc/subuid /etc/subgid; do
         touch "$f"
         grep -q "^$ROOTLESS_USER:" "$f" || echo "$ROOTLESS_USER:$((100000 + uid * 65536)):65536" >>"$f"
