@@ -241,6 +241,9 @@ class SandboxSessionBase(Generic[RemoteT]):
         except TypeError as exc:
             raise SandboxError(f"environment keyword arguments must be JSON values: {exc}") from exc
 
+        # The recipe validates packages, imports and the override before any engine is touched.
+        recipe = self._recipe(base_dir)
+
         from rlmesh.runtime import get_driver, reap_orphans
 
         self.driver = get_driver(settings.get("runtime"))
@@ -251,7 +254,7 @@ class SandboxSessionBase(Generic[RemoteT]):
         except Exception as exc:  # reaping is housekeeping; never block a session on it
             log.warning("could not reap orphaned containers: %s", exc)
         self.session_id = uuid.uuid4().hex
-        self.image = self._build(base_dir)
+        self.image = self._build(recipe)
         self._start()
 
     # --- build ----------------------------------------------------------------------------------
@@ -295,10 +298,9 @@ class SandboxSessionBase(Generic[RemoteT]):
                                  repository=recipe.repository, labels=recipe.labels)
         return recipe
 
-    def _build(self, base_dir: Path) -> str:
+    def _build(self, recipe: ImageRecipe) -> str:
         from rlmesh.progress import progress_lines
 
-        recipe = self._recipe(base_dir)
         if self.driver.image_exists(recipe.tag):
             log.debug("image %s is cached", recipe.tag)
             return str(recipe.tag)

@@ -1,0 +1,222 @@
+"""End-to-end sandbox sessions on real containers, on every engine configuration."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import rlmesh.numpy as rnp
+import rlmesh.torch as rtorch
+from rlmesh.errors import ContainerError, ImageBuildError, SandboxError, SourceError
+from rlmesh.runtime import RuntimeDriver, reap_orphans
+
+from .conftest import IMPORTS, PACKAGES, ours, runtime_argument
+
+HERE = Path(__file__).parent
+BACKENDS = {"numpy": rnp, "torch": rtorch}
+
+
+def _local_returns(seed: int, actions: list[int]) -> list[Any]:
+    env = gym.make("CartPole-v1")
+    obs, _ = env.reset(seed=seed)
+    observations = [obs]
+    for action in actions:
+        obs, *_ = env.step(action)
+        observations.append(obs)
+    env.close()
+    return observations
+
+
+def _as_numpy(value: Any) -> Any:
+    return value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_cartpole_matches_local_env(sandbox_driver: RuntimeDriver, backend: str) -> None:
+    module = BACKENDS[backend]
+    actions = [0, 1, 1, 0, 1, 0, 0, 1]
+    expected = _local_returns(7, actions)
+    with module.SandboxEnv("CartPole-v1", packages=PACKAGES, imports=IMPORTS,
+                           render_mode="rgb_array", runtime=sandbox_driver) as env:
+        assert env.env_contract.env_id == "CartPole-v1"
+        assert env.render_mode == "rgb_array"
+        assert env.metadata["render_fps"] == 50
+        obs, info = env.reset(seed=7)
+        observed = [obs]
+        for action in actions:
+            obs, reward, terminated, truncated, info = env.step(action)
+            observed.append(obs)
+            assert reward == 1.0
+        for got, want in zip(observed, expected):
+            np.testing.assert_array_equal(_as_numpy(got), want)
+        frame = env.render()
+        assert tuple(frame.shape) == (400, 600, 3)
+        assert env.action_space.contains(env.action_space.sample())
+        container = env.container_id
+        assert container in ours(sandbox_driver, os.getpid())
+    assert container not in ours(sandbox_driver)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_vector_sandbox(sandbox_driver: RuntimeDriver, mode: str) -> None:
+    local = gym.make_vec("CartPole-v1", num_envs=3, vectorization_mode="sync")
+    with rnp.SandboxVectorEnv("CartPole-v1", num_envs=3, vectorization_mode=mode,
+                              packages=PACKAGES, imports=IMPORTS, runtime=sandbox_driver) as envs:
+        assert envs.num_envs == 3
+        assert envs.single_action_space == gym.spaces.Discrete(2)
+        remote_obs, _ = envs.reset(seed=11)
+        local_obs, _ = local.reset(seed=11)
+        np.testing.assert_array_equal(remote_obs, local_obs)
+        rng = np.random.default_rng(0)
+        for _ in range(40):  # long enough for lanes to terminate and autoreset
+            actions = rng.integers(0, 2, size=3)
+            remote = envs.step(actions)
+            expected = local.step(actions)
+            for got, want in zip(remote[:4], expected[:4]):
+                np.testing.assert_array_equal(got, want)
+    local.close()
+
+
+def test_local_envhub_source_selects_task(sandbox_driver: RuntimeDriver) -> None:
+    source = f"{HERE / 'envhub_demo'}:classic/pendulum"
+    with rnp.SandboxEnv(source, trust_remote_code=True, packages=PACKAGES, imports=IMPORTS,
+                        runtime=sandbox_driver) as env:
+        assert env.action_space.shape == (1,)
+        obs, _ = env.reset(seed=3)
+        assert obs.shape == (3,)
+        env.step(np.array([0.5], dtype=np.float32))
+    # task= picks another task from the same suite
+    with rnp.SandboxEnv(str(HERE / "envhub_demo"), task="cartpole", packages=PACKAGES,
+                        imports=IMPORTS, runtime=sandbox_driver) as env:
+        assert env.action_space == gym.spaces.Discrete(2)
+
+
+def test_crashing_env_reports_exit_code_and_log(sandbox_driver: RuntimeDriver) -> None:
+    before = set(ours(sandbox_driver, os.getpid()))
+    with pytest.raises(ContainerError) as caught:
+        rnp.SandboxEnv(str(HERE / "crashing_env"), packages=PACKAGES, runtime=sandbox_driver)
+    assert caught.value.exit_code == 3
+    assert "broken on purpose" in str(caught.value)
+    assert set(ours(sandbox_driver, os.getpid())) == before  # the failed container is gone
+
+
+def test_missing_import_fails_the_build(sandbox_driver: RuntimeDriver) -> None:
+    with pytest.raises(ImageBuildError) as caught:
+        rnp.SandboxEnv("CartPole-v1", packages=PACKAGES, imports=["surely_not_a_module_xyz"],
+                       runtime=sandbox_driver)
+    assert "surely_not_a_module_xyz" in str(caught.value)
+
+
+# --- cleanup on every path -----------------------------------------------------------------------
+
+def test_close_and_context_exit_stop_the_container(sandbox_driver: RuntimeDriver) -> None:
+    env = rnp.SandboxEnv("CartPole-v1", packages=PACKAGES, imports=IMPORTS, runtime=sandbox_driver)
+    container = env.container_id
+    env.close()
+    env.close()  # idempotent
+    assert container not in ours(sandbox_driver)
+    with pytest.raises(SandboxError):
+        env.reset()
+
+
+def test_garbage_collection_stops_the_container(sandbox_driver: RuntimeDriver) -> None:
+    env = rnp.SandboxEnv("CartPole-v1", packages=PACKAGES, imports=IMPORTS, runtime=sandbox_driver)
+    container = env.container_id
+    del env
+    gc.collect()
+    assert container not in ours(sandbox_driver)
+
+
+def _child(mode: str, engine: Any) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "sandbox_child.py"), mode, runtime_argument(engine)],
+        stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("READY "), f"child did not start: {line!r}, exit {proc.wait()}"
+    return proc, line.split()[1]
+
+
+def _wait_gone(driver: RuntimeDriver, container: str, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if container not in ours(driver):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_interpreter_exit_stops_the_container(sandbox_driver: RuntimeDriver, sandbox_engine: Any) -> None:
+    proc, container = _child("exit", sandbox_engine)
+    assert proc.wait(timeout=60) == 0
+    assert container not in ours(sandbox_driver)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signals_stop_the_container(sandbox_driver: RuntimeDriver, sandbox_engine: Any,
+                                    signum: int) -> None:
+    proc, container = _child("wait", sandbox_engine)
+    assert container in ours(sandbox_driver, proc.pid)
+    proc.send_signal(signum)
+    proc.wait(timeout=60)
+    assert container not in ours(sandbox_driver)
+
+
+def test_sigkill_owner_server_stops_itself_and_reaper_removes_it(
+        sandbox_driver: RuntimeDriver, sandbox_engine: Any) -> None:
+    proc, container = _child("wait", sandbox_engine)
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while sandbox_driver.health(container).running:  # heartbeats stopped: it exits by itself
+        assert time.monotonic() < deadline, "sandbox kept running after its owner was killed"
+        time.sleep(0.5)
+    assert container in reap_orphans(sandbox_driver)
+    assert container not in ours(sandbox_driver)
+
+
+# --- refusals: each raises before anything is built ----------------------------------------------
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"source": "hf://lerobot/cartpole-env:cartpole_suite/0", "trust_remote_code": True}, "pin"),
+    ({"source": "hf://lerobot/cartpole-env@" + "a" * 40 + ":cartpole_suite/0"}, "trust_remote_code"),
+    ({"source": "hf://bad owner/repo@" + "a" * 40, "trust_remote_code": True}, "invalid"),
+    ({"source": "hf://o/r@" + "a" * 40 + ":suite/task/extra", "trust_remote_code": True}, "selector"),
+    ({"source": "not a source"}, "cannot understand"),
+    ({"source": "CartPole-v1", "packages": ["gymnasium; rm -rf /"]}, "gymnasium; rm -rf /"),
+    ({"source": "CartPole-v1", "packages": ["--index-url=http://evil"]}, "--index-url"),
+    ({"source": "CartPole-v1", "packages": ["numpy\nRUN curl evil"]}, "numpy"),
+    ({"source": "CartPole-v1", "imports": ["os; import evil"]}, "import"),
+    ({"source": "CartPole-v1", "capabilities": ["root"]}, "capabilities"),
+    ({"source": "CartPole-v1", "config": {"no_such_key": 1}}, "no_such_key"),
+    ({"source": str(HERE)}, "env.py"),
+])
+def test_refusals_happen_before_any_build(kwargs: dict[str, Any], needle: str) -> None:
+    class NoEngine(RuntimeDriver):  # any call into the engine would be a failure of the rule
+        name = "no-engine"
+
+        def __getattribute__(self, item: str) -> Any:
+            if item in ("available", "image_exists", "_build", "build", "run", "list"):
+                raise AssertionError(f"engine touched ({item}) before the refusal")
+            return object.__getattribute__(self, item)
+
+    NoEngine.__abstractmethods__ = frozenset()
+    with pytest.raises((SourceError, SandboxError, ValueError)) as caught:
+        rnp.SandboxEnv(runtime=NoEngine(), **kwargs)
+    assert needle in str(caught.value)
+
+
+def test_vectorization_mode_is_validated() -> None:
+    with pytest.raises(SandboxError, match="vectorization_mode"):
+        rnp.SandboxVectorEnv("CartPole-v1", num_envs=2, vectorization_mode="threads")
