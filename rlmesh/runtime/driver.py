@@ -164,9 +164,20 @@ class RuntimeDriver(abc.ABC):
         memory: str | None = None,
         progress: ProgressCallback | None = None,
     ) -> str:
-        """Build ``recipe`` unless its content-hash tag exists already; return the tag."""
-        if not self.image_exists(recipe.tag):
-            self._build(recipe, memory=memory, progress=progress)
+        """Build ``recipe`` unless its content-hash tag exists already; return the tag.
+
+        ``memory`` limits the build's containers (engine syntax, e.g. ``"2g"``); an engine that
+        cannot enforce limits (see :attr:`supports_limits`) raises instead of building unbounded.
+        """
+        if self.image_exists(recipe.tag):
+            return recipe.tag
+        if memory is not None and not self.supports_limits:
+            raise RuntimeDriverError(
+                f"{self.name}: this engine cannot enforce a build memory limit (no memory cgroup "
+                "controller, e.g. rootless on cgroup v1); build without memory=... or use a "
+                "rootful engine."
+            )
+        self._build(recipe, memory=memory, progress=progress)
         return recipe.tag
 
     @abc.abstractmethod

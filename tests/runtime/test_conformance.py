@@ -95,6 +95,21 @@ def test_build_failure_raises_with_log(driver: RuntimeDriver, recipes: Recipes) 
     assert not driver.image_exists(recipe.tag)
 
 
+def test_build_memory_limit_applies_where_supported(driver: RuntimeDriver, recipes: Recipes) -> None:
+    recipe = recipes.make(
+        "RUN cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max "
+        "2>/dev/null; true\n"
+    )
+    if not driver.supports_limits:
+        with pytest.raises(RuntimeDriverError, match="memory"):
+            driver.build(recipe, memory="300m")
+        assert not driver.image_exists(recipe.tag)
+        return
+    lines: list[str] = []
+    driver.build(recipe, memory="300m", progress=lines.append)
+    assert str(300 * 1024 * 1024) in [line.strip() for line in lines], lines
+
+
 def test_run_publishes_port_and_talks_to_process(
     driver: RuntimeDriver, echo_image: str, containers: Containers
 ) -> None:
