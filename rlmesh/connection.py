@@ -112,6 +112,7 @@ class Connection:
             raise ProtocolError(f"the peer at {self.address} is not an rlmesh server")
         protocol, version = contract.get("protocol"), contract.get("server_version")
         if protocol != PROTOCOL_GENERATION or version != __version__:
+            self.close()  # the server attached us already: detach, or it stays busy for a fixed client
             raise VersionMismatchError(
                 f"rlmesh version mismatch: this client runs rlmesh {__version__} (protocol "
                 f"{PROTOCOL_GENERATION}), the server at {self.address} runs rlmesh {version} "
