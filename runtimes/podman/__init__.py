@@ -122,18 +122,31 @@ class PodmanDriver(RuntimeDriver):
         except RuntimeDriverError:
             raise
         except (requests.exceptions.ConnectionError, ConnectionError) as exc:
-            raise RuntimeUnavailableError(
-                f"Cannot reach the podman service at {self._url} while {action}: {exc}. Start it "
-                "with `podman system service --time=0 unix://SOCKET` (for CI and tests: "
-                ".ci/engines.sh) or set CONTAINER_HOST."
-            ) from exc
+            raise self._unreachable(action, exc) from exc
         except podman.errors.ImageNotFound as exc:
-            raise RuntimeDriverError(
-                f"podman: image not found while {action}: {exc}. Build it first, or for the base "
-                f"image run: python -m rlmesh_images.bootstrap --runtime podman --host {self._url}"
-            ) from exc
-        except (podman.errors.PodmanError, podman.errors.APIError, requests.exceptions.RequestException) as exc:
+            raise self._image_missing(action, exc) from exc
+        except podman.errors.APIError as exc:
+            # podman-py reports a refused or missing socket as an APIError without a response.
+            if isinstance(exc.__cause__, requests.exceptions.ConnectionError):
+                raise self._unreachable(action, exc.__cause__) from exc
+            if "image not known" in str(exc):
+                raise self._image_missing(action, exc) from exc
             raise RuntimeDriverError(f"podman ({self._url}): {action} failed: {exc}") from exc
+        except (podman.errors.PodmanError, requests.exceptions.RequestException) as exc:
+            raise RuntimeDriverError(f"podman ({self._url}): {action} failed: {exc}") from exc
+
+    def _image_missing(self, action: str, exc: BaseException) -> RuntimeDriverError:
+        return RuntimeDriverError(
+            f"podman: image not found while {action}: {exc}. Build it first, or for the base "
+            f"image run: python -m rlmesh_images.bootstrap --runtime podman --host {self._url}"
+        )
+
+    def _unreachable(self, action: str, exc: BaseException) -> RuntimeUnavailableError:
+        return RuntimeUnavailableError(
+            f"Cannot reach the podman service at {self._url} while {action}: {exc}. Start it "
+            "with `podman system service --time=0 unix://SOCKET` (for CI and tests: "
+            ".ci/engines.sh) or set CONTAINER_HOST."
+        )
 
     def _engine_info(self) -> dict[str, Any]:
         if self._info is None:
