@@ -96,7 +96,7 @@ class ServerHost:
         assert self.proc.stdin is not None
         self.proc.stdin.close()  # the host shuts its servers down when its stdin closes
         try:
-            self.proc.wait(10)
+            self.proc.wait(3)  # a server stuck in a slow env step does not get to delay us longer
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)

@@ -144,7 +144,7 @@ class SpaceEnv(gym.Env[Any, Any]):
 
 
 class FaultyEnv(gym.Env[Any, int]):
-    """Action 2 raises inside the env; action 3 sleeps (a slow step); reset(options=) can raise."""
+    """Action 2 raises inside the env; action 3 sleeps 4 s (a slow step); reset(options=) can raise."""
 
     def __init__(self) -> None:
         self.observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
@@ -160,7 +160,7 @@ class FaultyEnv(gym.Env[Any, int]):
         if action == 2:
             _explode_deep_inside()
         if action == 3:
-            time.sleep(10)
+            time.sleep(4)
         return np.full(2, 0.5, np.float32), 1.0, False, False, {}
 
 
