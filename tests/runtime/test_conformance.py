@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +18,7 @@ from rlmesh.errors import ContainerError, ImageBuildError, RuntimeDriverError
 from rlmesh.runtime import Health, RunSpec, RuntimeDriver, reap_orphans
 from rlmesh.runtime.labels import OWNER_PID, OWNER_START, process_start_time
 
-from .conftest import Containers, Recipes
+from .conftest import RUN_ID, Containers, EngineConfig, Recipes
 
 pytestmark = pytest.mark.engine
 
@@ -108,6 +111,26 @@ def test_build_memory_limit_applies_where_supported(driver: RuntimeDriver, recip
     lines: list[str] = []
     driver.build(recipe, memory="300m", progress=lines.append)
     assert str(300 * 1024 * 1024) in [line.strip() for line in lines], lines
+
+
+def test_import_image_from_tarball(
+    driver: RuntimeDriver, engine: EngineConfig, tmp_path: Path
+) -> None:
+    # A registry-free image import, as the base-image bootstrap does (any tar is a rootfs).
+    tarball = tmp_path / "rootfs.tar"
+    with tarfile.open(tarball, "w") as tar:
+        payload = f"imported by {engine.id}\n".encode()
+        info = tarfile.TarInfo("etc/rlmesh-import-test")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    tag = f"rlmesh-test-import:{RUN_ID}-{engine.id}"
+    try:
+        driver.import_image(str(tarball), tag, cmd=["/bin/true"])
+        assert driver.image_exists(tag)
+    finally:
+        driver.remove_image(tag)
+    assert not driver.image_exists(tag)
+    driver.remove_image(tag)  # already gone: no error
 
 
 def test_run_publishes_port_and_talks_to_process(
