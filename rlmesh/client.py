@@ -12,12 +12,27 @@ from rlmesh.connection import Connection
 from rlmesh.protocol import EnvContract, Request
 from rlmesh.spaces import SpaceSpec
 
-__all__ = ["RemoteEnvBase", "RemoteVectorEnvBase", "RemoteEnv", "RemoteVectorEnv"]
+__all__ = ["RemoteEnvBase", "RemoteVectorEnvBase", "RemoteEnv", "RemoteVectorEnv", "connect"]
 
 log = logging.getLogger(__name__)
 
 ValueT = TypeVar("ValueT")
 ActionT = TypeVar("ActionT")
+
+
+def _open(backend: Backend, address: str | int | None, *, host: str | None = None,
+          port: int | None = None, path: str | None = None, transport: str | None = None,
+          connect_timeout: float = 10.0, request_timeout: float | None = None,
+          heartbeat_interval: float | None = 2.0) -> Connection:
+    endpoint = to_zmq_endpoint(address, host=host, port=port, path=path, transport=transport)
+    return Connection(
+        endpoint,
+        connect_timeout=connect_timeout,
+        request_timeout=request_timeout,
+        heartbeat_interval=heartbeat_interval,
+        tensor_factory=backend.tensor_factory,
+        object_array=backend.object_array,
+    )
 
 
 class _RemoteClient(Generic[ValueT, ActionT]):
@@ -39,22 +54,19 @@ class _RemoteClient(Generic[ValueT, ActionT]):
         heartbeat_interval: float | None = 2.0,
     ) -> None:
         self._connection: Connection | None = None
-        endpoint = to_zmq_endpoint(address, host=host, port=port, path=path, transport=transport)
-        backend = self._backend
-        connection = Connection(
-            endpoint,
-            connect_timeout=connect_timeout,
-            request_timeout=request_timeout,
-            heartbeat_interval=heartbeat_interval,
-            tensor_factory=backend.tensor_factory,
-            object_array=backend.object_array,
-        )
+        connection = _open(self._backend, address, host=host, port=port, path=path,
+                           transport=transport, connect_timeout=connect_timeout,
+                           request_timeout=request_timeout, heartbeat_interval=heartbeat_interval)
         contract = EnvContract.from_wire(connection.contract_wire)
         if contract.vector != self._expects_vector:
             connection.close()
             served = f"a vector env with {contract.num_envs} envs" if contract.vector else "a single env"
             wanted = "RemoteVectorEnv" if contract.vector else "RemoteEnv"
             raise TypeError(f"the endpoint {connection.address} serves {served}; use {wanted}")
+        self._attach(connection, contract)
+
+    def _attach(self, connection: Connection, contract: EnvContract) -> None:
+        backend = self._backend
         self._connection = connection
         self._contract = contract
         self._metadata = backend.adapt_metadata(contract.metadata)
@@ -179,8 +191,8 @@ class RemoteVectorEnvBase(_RemoteClient[ValueT, ActionT]):
 
     _expects_vector = True
 
-    def __init__(self, address: str | int | None = None, **kwargs: Any) -> None:
-        super().__init__(address, **kwargs)
+    def _attach(self, connection: Connection, contract: EnvContract) -> None:
+        super()._attach(connection, contract)
         backend = self._backend
         self._single_observation_space = backend.space_from_spec(self._contract.single_observation_space)
         self._single_action_space = backend.space_from_spec(self._contract.single_action_space)
@@ -221,3 +233,35 @@ class RemoteEnv(RemoteEnvBase[Any, Any]):
 
 class RemoteVectorEnv(RemoteVectorEnvBase[Any, Any]):
     """Dependency-free vector client: array values arrive as :class:`rlmesh.Tensor`."""
+
+
+def _client_classes(backend: str) -> tuple[type[RemoteEnvBase[Any, Any]], type[RemoteVectorEnvBase[Any, Any]]]:
+    if backend == "plain":
+        return RemoteEnv, RemoteVectorEnv
+    if backend == "numpy":
+        from rlmesh import numpy as flavour
+    elif backend == "torch":
+        from rlmesh import torch as flavour  # type: ignore[no-redef]
+    else:
+        raise ValueError(f"unknown backend {backend!r}; use 'plain', 'numpy' or 'torch'")
+    return flavour.RemoteEnv, flavour.RemoteVectorEnv
+
+
+def connect(address: str | int | None = None, *, backend: str = "plain",
+            **kwargs: Any) -> RemoteEnvBase[Any, Any] | RemoteVectorEnvBase[Any, Any]:
+    """Connect to whatever the endpoint serves: a ``RemoteEnv`` or a ``RemoteVectorEnv``.
+
+    One handshake decides the client type. ``backend`` is ``"plain"``, ``"numpy"`` or
+    ``"torch"``; other keyword arguments are those of :class:`RemoteEnvBase`.
+    """
+    single, vector = _client_classes(backend)
+    connection = _open(single._backend, address, **kwargs)
+    try:
+        contract = EnvContract.from_wire(connection.contract_wire)
+    except BaseException:
+        connection.close()
+        raise
+    cls: type[_RemoteClient[Any, Any]] = vector if contract.vector else single
+    client = cls.__new__(cls)
+    client._attach(connection, contract)
+    return client  # type: ignore[return-value]
