@@ -217,13 +217,7 @@ class SandboxSessionBase(Generic[RemoteT]):
         self.settings = settings
 
         # Every refusal happens here, before anything is built or started.
-        self.source = parse_source(
-            source,
-            trust_remote_code=bool(settings.get("trust_remote_code", False)),
-            allow_unpinned_hf=bool(settings.get("allow_unpinned_hf", False)),
-            task=settings.get("task"),
-            cwd=base_dir,
-        )
+        self.source = self._parse_source(source, base_dir)
         self.num_envs = int(settings["num_envs"])
         if self.num_envs < 1:
             raise SandboxError(f"num_envs must be at least 1, got {self.num_envs}")
@@ -259,17 +253,32 @@ class SandboxSessionBase(Generic[RemoteT]):
 
     # --- build ----------------------------------------------------------------------------------
 
+    def _parse_source(self, source: str, base_dir: Path) -> Source:
+        """Parse and check the source (subclasses serving other kinds of sources override it)."""
+        settings = self.settings
+        return parse_source(
+            source,
+            trust_remote_code=bool(settings.get("trust_remote_code", False)),
+            allow_unpinned_hf=bool(settings.get("allow_unpinned_hf", False)),
+            task=settings.get("task"),
+            cwd=base_dir,
+        )
+
+    def _source_files(self) -> dict[str, bytes]:
+        """The files copied into the image's app directory."""
+        if self.source.kind == "local" and self.source.path is not None:
+            return _app_files(self.source.path)
+        if self.source.kind == "hf":
+            return _app_files(_fetch_hf(self.source))
+        return {}
+
     def _recipe(self, base_dir: Path) -> ImageRecipe:
         from rlmesh_images.recipe import sandbox_recipe
 
         settings = self.settings
         override = settings.get("override")
         labels = {"io.rlmesh.managed": "true", "io.rlmesh.version": __version__}
-        app_files: dict[str, bytes] = {}
-        if self.source.kind == "local" and self.source.path is not None:
-            app_files = _app_files(self.source.path)
-        elif self.source.kind == "hf":
-            app_files = _app_files(_fetch_hf(self.source))
+        app_files = self._source_files()
         if override is not None:
             path = Path(base_dir, override)
             try:
