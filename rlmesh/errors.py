@@ -15,6 +15,8 @@ __all__ = [
     "SandboxError",
     "SourceError",
     "PackageSpecError",
+    "ModelError",
+    "SpecMismatchError",
 ]
 
 
@@ -84,3 +86,16 @@ class SourceError(SandboxError, ValueError):
 
 class PackageSpecError(SandboxError, ValueError):
     """A package spec, import name or image name for a sandbox image is malformed or not allowed."""
+
+
+class ModelError(RLMeshError):
+    """A model's policy raised during a run; names the episode and step, the cause is chained."""
+
+    def __init__(self, message: str, *, episode: int | None = None, step: int | None = None) -> None:
+        super().__init__(message)
+        self.episode = episode
+        self.step = step
+
+
+class SpecMismatchError(RLMeshError, ValueError):
+    """What a model expects (its ``ModelSpec``) does not fit the env's spaces."""

@@ -33,6 +33,7 @@ class Request:
     RENDER: Final = "render"
     CLOSE: Final = "close"
     HEARTBEAT: Final = "heartbeat"  # one-way, never answered
+    PREDICT: Final = "predict"  # model endpoints only
 
 
 class ErrorKind:
