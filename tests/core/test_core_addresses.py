@@ -135,6 +135,7 @@ def test_sigterm_stops_serve_cleanly(spawn_server: Any) -> None:
     server = spawn_server("cartpole", "unix")
     path = Path(server.address.removeprefix("unix://"))
     assert path.exists()
+    _drive(server.address)  # serve() is running (its SIGTERM handler installed) once it answers
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(5) == 0
     assert not path.exists()
