@@ -11,6 +11,7 @@ import abc
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import ClassVar
 
 from rlmesh.errors import RuntimeDriverError
@@ -41,6 +42,16 @@ class ImageRecipe:
     context_files: Mapping[str, bytes] = field(default_factory=dict)
     repository: str = "rlmesh-sandbox"
     labels: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in self.context_files:
+            parts = PurePosixPath(name).parts
+            # The context is unpacked into a build directory: nothing may land outside it.
+            if not parts or name.startswith("/") or ".." in parts or name == "Dockerfile":
+                raise RuntimeDriverError(
+                    f"invalid build-context file name {name!r}: use a relative path inside the "
+                    "context, without '..', and not 'Dockerfile' (that is the recipe's dockerfile)"
+                )
 
     @property
     def content_hash(self) -> str:
