@@ -13,12 +13,16 @@ from rlmesh._version import __version__
 from rlmesh.client import RemoteEnv, RemoteEnvBase, RemoteVectorEnv, RemoteVectorEnvBase
 from rlmesh.errors import (
     EnvironmentException,
+    ModelError,
     ProtocolError,
     RLMeshError,
     ServerBusyError,
+    SpecMismatchError,
     VersionMismatchError,
 )
+from rlmesh.model import Model, ModelBase, ModelSpec
 from rlmesh.protocol import PROTOCOL_GENERATION, EnvContract
+from rlmesh.results import EpisodeResult, RunResult
 from rlmesh.server import EnvServer
 from rlmesh.spaces import Space, SpaceSpec, space_from_spec
 from rlmesh.tensor import Tensor
@@ -29,13 +33,20 @@ __all__ = [
     "EnvContract",
     "EnvServer",
     "EnvironmentException",
+    "EpisodeResult",
+    "Model",
+    "ModelBase",
+    "ModelSpec",
+    "ModelError",
     "ProtocolError",
     "RLMeshError",
     "RemoteEnv",
     "RemoteEnvBase",
     "RemoteVectorEnv",
     "RemoteVectorEnvBase",
+    "RunResult",
     "ServerBusyError",
+    "SpecMismatchError",
     "Space",
     "SpaceSpec",
     "Tensor",

@@ -1,4 +1,4 @@
-"""The process a sandbox container runs: build the env its config describes and serve it.
+"""The process a sandbox container runs: serve the env (or the policy) its config describes.
 
 Started as ``python -m rlmesh.sandbox_server`` with the JSON config in the ``RLMESH_SANDBOX``
 environment variable. It listens on all container interfaces (the engine publishes the port on
@@ -23,6 +23,8 @@ def main() -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("rlmesh.sandbox")
     config: dict[str, Any] = json.loads(os.environ[CONFIG_VARIABLE])
+    if config.get("kind") == "model":
+        return _serve_model(config, log)
 
     from rlmesh.server import EnvServer
     from rlmesh.sources import make_env
@@ -45,6 +47,23 @@ def main() -> int:
         owner_timeout=float(config.get("owner_timeout", 15.0)),
         session_timeout=float(config.get("owner_timeout", 15.0)),
     )
+    server.serve()
+    return 0
+
+
+def _serve_model(config: dict[str, Any], log: logging.Logger) -> int:
+    from rlmesh.model_server import ModelServer, load_policy
+
+    timeout = float(config.get("owner_timeout", 15.0))
+    try:
+        predict = load_policy(config.get("app_dir", "."), str(config["entry"]))
+        server = ModelServer(predict, f"tcp://0.0.0.0:{int(config['port'])}",
+                             backend=str(config.get("backend", "numpy")),
+                             info={"batched": bool(config.get("batched", False))},
+                             owner_timeout=timeout, session_timeout=timeout)
+    except Exception:
+        log.exception("could not load the policy")
+        return EXIT_ENV_FAILED
     server.serve()
     return 0
 

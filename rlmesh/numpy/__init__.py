@@ -13,6 +13,9 @@ from rlmesh._sandbox import SandboxEnvBase, SandboxVectorEnvBase
 from rlmesh.backend import Backend
 from rlmesh.client import RemoteEnvBase, RemoteVectorEnvBase
 from rlmesh.codec import ObjectArray
+from rlmesh.model import ModelBase
+from rlmesh._sandbox_model import SandboxModelBase
+from rlmesh.model_server import PolicyClientBase
 from rlmesh.spaces import Space, SpaceSpec, ValueAdapter
 from rlmesh.tensor import Tensor
 
@@ -26,6 +29,8 @@ __all__ = [
     "RemoteVectorEnv",
     "SandboxEnv",
     "SandboxVectorEnv",
+    "Model",
+    "SandboxModel",
 ]
 
 NumpyValue = Union[None, bool, int, float, str, bytes, object, list["NumpyValue"],
@@ -189,3 +194,33 @@ class SandboxVectorEnv(SandboxVectorEnvBase[NumpyValue, NumpyValue]):
     """Owned sandbox session serving ``num_envs`` environments; its client is :class:`RemoteVectorEnv`."""
 
     _client_class = RemoteVectorEnv
+
+
+
+class Model(ModelBase[NumpyValue, NumpyValue]):
+    """Model whose policy receives NumPy observations (local NumPy envs are converted).
+
+    Example:
+        >>> from rlmesh.numpy import Model
+        >>> Model(lambda observation: 0).run("127.0.0.1:5555", seeds=[0]).mean_reward  # doctest: +SKIP
+    """
+
+    _backend_name = "numpy"
+
+
+class _PolicyClient(PolicyClientBase):
+    _backend = BACKEND
+
+
+class SandboxModel(SandboxModelBase[NumpyValue, NumpyValue]):
+    """Experimental: a policy served from its own container, evaluated with ``run(env, seeds)``.
+
+    Inside the sandbox the policy receives NumPy values.
+
+    Example:
+        >>> with SandboxModel("agents/policy.py", packages=["numpy"]) as model:  # doctest: +SKIP
+        ...     print(model.run(gymnasium.make("CartPole-v1"), seeds=[0, 1]))
+    """
+
+    _client_class = _PolicyClient
+    _model_class = Model

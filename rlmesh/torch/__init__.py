@@ -13,6 +13,9 @@ from rlmesh._sandbox import SandboxEnvBase, SandboxVectorEnvBase
 from rlmesh.backend import Backend
 from rlmesh.client import RemoteEnvBase, RemoteVectorEnvBase
 from rlmesh.codec import ObjectArray
+from rlmesh.model import ModelBase
+from rlmesh._sandbox_model import SandboxModelBase
+from rlmesh.model_server import PolicyClientBase
 from rlmesh.spaces import Space, SpaceSpec, ValueAdapter
 from rlmesh.tensor import Tensor
 
@@ -26,6 +29,8 @@ __all__ = [
     "RemoteVectorEnv",
     "SandboxEnv",
     "SandboxVectorEnv",
+    "Model",
+    "SandboxModel",
 ]
 
 TorchValue = Union[None, bool, int, float, str, bytes, object, list["TorchValue"],
@@ -153,3 +158,33 @@ class SandboxVectorEnv(SandboxVectorEnvBase[TorchValue, TorchValue]):
     """Owned sandbox session serving ``num_envs`` environments; its client is :class:`RemoteVectorEnv`."""
 
     _client_class = RemoteVectorEnv
+
+
+
+class Model(ModelBase[TorchValue, TorchValue]):
+    """Experimental Model whose policy receives Torch observations (local NumPy envs are converted).
+
+    Example:
+        >>> from rlmesh.torch import Model
+        >>> Model(lambda observation: 0).run("127.0.0.1:5555", seeds=[0]).mean_reward  # doctest: +SKIP
+    """
+
+    _backend_name = "torch"
+
+
+class _PolicyClient(PolicyClientBase):
+    _backend = BACKEND
+
+
+class SandboxModel(SandboxModelBase[TorchValue, TorchValue]):
+    """Experimental: a policy served from its own container, evaluated with ``run(env, seeds)``.
+
+    Inside the sandbox the policy receives Torch values.
+
+    Example:
+        >>> with SandboxModel("agents/policy.py", packages=["numpy"]) as model:  # doctest: +SKIP
+        ...     print(model.run(gymnasium.make("CartPole-v1"), seeds=[0, 1]))
+    """
+
+    _client_class = _PolicyClient
+    _model_class = Model
