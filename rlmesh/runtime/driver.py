@@ -22,6 +22,7 @@ __all__ = [
     "ContainerInfo",
     "Health",
     "ImageRecipe",
+    "ProgressCallback",
     "RunSpec",
     "RuntimeDriver",
 ]
