@@ -19,7 +19,6 @@ import importlib
 import importlib.util
 import json
 import logging
-import math
 import os
 import platform
 import re
@@ -28,7 +27,6 @@ import signal
 import statistics
 import sys
 import threading
-import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -421,50 +419,17 @@ def _serve_until_stopped(server: Any, watch: Callable[[], str | None] | None = N
 
 # --- eval ---------------------------------------------------------------------------------------
 
-@dataclass
-class Episode:
-    index: int
-    seed: int | None
-    steps: int
-    total_reward: float
-    terminated: bool
-    truncated: bool
-    seconds: float
-
-
 def _policy_from(path: str | None, action_space: Any, seed: int | None) -> Callable[[Any], Any]:
+    """The loaded policy, or a random one sampling ``action_space`` seeded with ``seed``."""
     if path is None:
         action_space.seed(seed)
         return lambda observation: action_space.sample()
     loaded: Any = load_callable(path, "policy")
-    predict = getattr(loaded, "predict", None)
-    if isinstance(loaded, type):  # a class: instantiate it, then use its predict (or call it)
-        instance = loaded()
-        predict = getattr(instance, "predict", instance)
-    result: Callable[[Any], Any] = predict if callable(predict) else loaded
-    return result
-
-
-def run_episodes(env: Any, policy: Callable[[Any], Any], *, episodes: int, seed: int | None,
-                 max_steps: int | None) -> list[Episode]:
-    """Roll out ``episodes`` episodes, seeding reset with ``seed + i``."""
-    # TODO: use rlmesh.model.Model(policy).run(env, seeds=...) once Model.run lands.
-    results = []
-    for index in range(episodes):
-        episode_seed = None if seed is None else seed + index
-        started = time.perf_counter()
-        observation, _ = env.reset(seed=episode_seed)
-        total, steps, terminated, truncated = 0.0, 0, False, False
-        while not (terminated or truncated):
-            if max_steps is not None and steps >= max_steps:
-                truncated = True
-                break
-            observation, reward, terminated, truncated, _ = env.step(policy(observation))
-            total += float(reward)
-            steps += 1
-        results.append(Episode(index, episode_seed, steps, total, bool(terminated), bool(truncated),
-                               time.perf_counter() - started))
-    return results
+    if isinstance(loaded, type):  # a class: instantiate it; Model then uses its predict
+        instance: Callable[[Any], Any] = loaded()
+        return instance
+    policy: Callable[[Any], Any] = loaded
+    return policy
 
 
 @contextmanager
@@ -474,13 +439,12 @@ def _eval_env(target: str, sandbox: _SandboxArgs, kwargs: dict[str, Any],
         if kwargs:
             raise click.BadParameter("env keyword arguments cannot be sent to a running server",
                                      param_hint="MAKE_KWARGS")
-        from rlmesh.numpy import RemoteEnv
+        from rlmesh.numpy import RemoteEnv, RemoteVectorEnv
 
         try:
-            env = RemoteEnv(target, connect_timeout=connect_timeout)
-        except TypeError as exc:  # the endpoint serves a vector env
-            raise CommandError(f"{target} serves a vector env: {exc}",
-                               "evaluate a single-env server (serve without --num-envs)") from exc
+            env: Any = RemoteEnv(target, connect_timeout=connect_timeout)
+        except TypeError:  # the endpoint serves a vector env: its lanes run episodes in parallel
+            env = RemoteVectorEnv(target, connect_timeout=connect_timeout)
     elif _is_sandbox_source(target, sandbox.force):
         env = _open_sandbox(target, sandbox, 1, None, kwargs, vector=False)
     else:
@@ -500,57 +464,53 @@ def _eval_env(target: str, sandbox: _SandboxArgs, kwargs: dict[str, Any],
 @click.option("--policy", metavar="MODULE:CALLABLE",
               help="policy(observation) -> action, or an object/class with predict(). Default: random.")
 @click.option("--max-steps", type=click.IntRange(min=1), help="Cut episodes after this many steps.")
+@click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True),
+              help="Stop the whole run after this much wall time.")
 @click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
               help="Seconds to wait for a server.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @_sandbox_options
 def evaluate(target: str, make_kwargs: tuple[str, ...], episodes: int, seed: int,
-             policy: str | None, max_steps: int | None, connect_timeout: float, as_json: bool,
-             **params: Any) -> None:
-    """Evaluate a policy (random by default) and print a results table.
+             policy: str | None, max_steps: int | None, max_seconds: float | None,
+             connect_timeout: float, as_json: bool, **params: Any) -> None:
+    """Evaluate a policy (random by default) with Model.run and print a results table.
 
     ADDRESS_OR_SOURCE is a server address (tcp://127.0.0.1:5555, 127.0.0.1:5555, 5555,
-    unix:///path) or anything `rlmesh serve` accepts, which is then run for the evaluation.
+    unix:///path; single or vector endpoint) or anything `rlmesh serve` accepts, which is
+    then run for the evaluation. The policy receives NumPy observations.
     """
+    from rlmesh.numpy import Model
+
     sandbox = _SandboxArgs.pop(params)
     kwargs = parse_make_kwargs(make_kwargs)
     with _eval_env(target, sandbox, kwargs, connect_timeout) as env:
-        act = _policy_from(policy, env.action_space, seed)
-        results = run_episodes(env, act, episodes=episodes, seed=seed, max_steps=max_steps)
+        space = getattr(env, "single_action_space", None) or env.action_space
+        model = Model(_policy_from(policy, space, seed))
+        result = model.run(env, seeds=seed, episodes=episodes, max_steps=max_steps,
+                           max_seconds=max_seconds, close_env=False)
     if as_json:
-        click.echo(json.dumps(_summary(results, target), indent=2))
+        click.echo(json.dumps({"target": target, **result.to_dict()}, indent=2))
         return
-    _print_results(results, target)
+    _print_results(result, target)
 
 
-def _summary(results: list[Episode], target: str) -> dict[str, Any]:
-    returns = [r.total_reward for r in results]
-    steps = sum(r.steps for r in results)
-    seconds = sum(r.seconds for r in results)
-    return {
-        "target": target,
-        "episodes": [vars(r) for r in results],
-        "num_episodes": len(results),
-        "total_steps": steps,
-        "mean_return": statistics.fmean(returns),
-        "std_return": statistics.pstdev(returns),
-        "steps_per_second": steps / seconds if seconds > 0 else math.inf,
-    }
-
-
-def _print_results(results: list[Episode], target: str) -> None:
+def _print_results(result: Any, target: str) -> None:
     table = Table(title=f"Evaluation of {target}")
-    for column in ("episode", "seed", "steps", "return", "terminated", "truncated", "seconds"):
+    for column in ("episode", "seed", "steps", "return", "terminated", "truncated", "success", "seconds"):
         table.add_column(column, justify="right")
-    for r in results:
-        table.add_row(str(r.index), str(r.seed), str(r.steps), f"{r.total_reward:.3f}",
-                      "yes" if r.terminated else "no", "yes" if r.truncated else "no", f"{r.seconds:.3f}")
+    for e in result.episodes:
+        success = "" if e.success is None else ("yes" if e.success else "no")
+        table.add_row(str(e.index), str(e.seed), str(e.steps), f"{e.episode_return:.3f}",
+                      "yes" if e.terminated else "no", "yes" if e.truncated else "no", success,
+                      f"{e.duration:.3f}")
     console = _console()
     console.print(table)
-    summary = _summary(results, target)
-    console.print(f"mean return {summary['mean_return']:.3f} ± {summary['std_return']:.3f} over "
-                  f"{summary['num_episodes']} episodes, {summary['total_steps']} steps "
-                  f"({summary['steps_per_second']:.0f} steps/s)")
+    returns = result.returns
+    spread = statistics.pstdev(returns) if returns else 0.0
+    success = "" if result.success_rate is None else f", success rate {result.success_rate:.1%}"
+    console.print(f"mean return {result.mean_reward:.3f} ± {spread:.3f} over {result.num_episodes} "
+                  f"episodes, {result.total_steps} steps ({result.steps_per_second:.0f} steps/s){success}")
+    console.print(f"latency: predict {result.predict_latency}, step {result.step_latency}")
 
 
 # --- runtimes -----------------------------------------------------------------------------------
@@ -574,8 +534,8 @@ def _driver_statuses(host: str | None = None) -> list[_DriverStatus]:
         provider = f"{point.value} ({point.dist.name if point.dist else '?'})"
         try:
             driver = get_driver(name, **({"host": host} if host else {}))
-        except RLMeshError as exc:
-            statuses.append(_DriverStatus(name, provider, False, reason=str(exc)))
+        except Exception as exc:  # a plugin's constructor may raise anything; keep diagnosing
+            statuses.append(_DriverStatus(name, provider, False, reason=str(exc) or type(exc).__name__))
             continue
         availability = driver.available()
         statuses.append(_DriverStatus(name, provider, availability.ok, availability.version,
