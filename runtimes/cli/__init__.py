@@ -26,6 +26,7 @@ from typing import Any, Literal, cast
 import python_on_whales
 import python_on_whales.exceptions as whales_errors
 import python_on_whales.utils as whales_utils
+from python_on_whales.client_config import ClientNotFoundError
 
 from rlmesh.errors import (
     ContainerError,
@@ -98,7 +99,7 @@ class CliDriver(RuntimeDriver):
             yield
         except RuntimeDriverError:
             raise
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, ClientNotFoundError) as exc:  # the latter: binary not on PATH
             raise RuntimeUnavailableError(
                 f"cli runtime: the {self.binary!r} binary is not on PATH ({exc}); install it or "
                 f"choose the other engine with {ENGINE_ENV}."
