@@ -1,6 +1,7 @@
 """Sandbox sources: what a source string means, the rules it must pass, and how it makes an env.
 
 Forms:
+
 - ``CartPole-v1`` or ``gym://CartPole-v1``: a Gymnasium id (``module:Env-v0`` ids work too).
 - ``hf://owner/repo@<40-hex sha>:suite/task``: an EnvHub repository on the Hugging Face Hub
   whose ``env.py`` defines ``make_env(...)``; the revision must be pinned unless
