@@ -179,10 +179,11 @@ class _PolicyClient(PolicyClientBase):
 class SandboxModel(SandboxModelBase[TorchValue, TorchValue]):
     """Experimental: a policy served from its own container, evaluated with ``run(env, seeds)``.
 
-    Inside the sandbox the policy receives Torch values.
+    Inside the sandbox the policy receives Torch values, so the sandbox needs Torch: pass
+    ``packages=["torch==..."]``.
 
     Example:
-        >>> with SandboxModel("agents/policy.py", packages=["numpy"]) as model:  # doctest: +SKIP
+        >>> with SandboxModel("agents/policy.py", packages=["torch"]) as model:  # doctest: +SKIP
         ...     print(model.run(gymnasium.make("CartPole-v1"), seeds=[0, 1]))
     """
 
