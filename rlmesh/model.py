@@ -7,7 +7,6 @@ env is local, remote, or a lane of a vector env, so runs are reproducible and co
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,8 +27,6 @@ from rlmesh.spaces import (
 from rlmesh.tensor import Tensor
 
 __all__ = ["ModelBase", "ModelSpec", "Model"]
-
-log = logging.getLogger(__name__)
 
 ObsT = TypeVar("ObsT")
 ActT = TypeVar("ActT")
