@@ -329,6 +329,8 @@ def test_episodes_and_base_seed() -> None:
     result = rnp.Model(policy).run(env, seeds=5, episodes=3)
     assert [e.seed for e in result.episodes] == [5, 6, 7]
     assert result.returns == by_hand([5, 6, 7])
+    assert rnp.Model(policy).run(env, seeds=np.arange(5, 8)).returns == by_hand([5, 6, 7])
+    assert rnp.Model(policy).run(env, seeds=np.int64(5), episodes=3).returns == by_hand([5, 6, 7])
     assert rnp.Model(policy).run(env).num_episodes == 1
     assert rnp.Model(policy).run(env, episodes=0).num_episodes == 0
 
