@@ -275,10 +275,10 @@ def _plan(seeds: int | Sequence[int | None] | None, episodes: int | None) -> lis
         raise ValueError(f"episodes must be at least 0, got {episodes}")
     if seeds is None:
         return [None] * (1 if episodes is None else episodes)
-    if isinstance(seeds, numbers.Integral):  # a base seed: one consecutive seed per episode
+    if isinstance(seeds, (int, numbers.Integral)):  # a base seed: one consecutive seed per episode
         return [int(seeds) + i for i in range(1 if episodes is None else episodes)]
     # Gymnasium wants Python ints: NumPy integers (e.g. from np.arange) are converted.
-    plan = [None if seed is None else operator.index(seed) for seed in seeds]  # type: ignore[union-attr]
+    plan = [None if seed is None else operator.index(seed) for seed in seeds]
     if episodes is not None and episodes != len(plan):
         raise ValueError(f"got {len(plan)} seeds for {episodes} episodes; give one seed per "
                          "episode, a single base seed, or leave episodes out")
