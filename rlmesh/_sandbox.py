@@ -236,7 +236,7 @@ class SandboxSessionBase(Generic[RemoteT]):
             raise SandboxError(f"environment keyword arguments must be JSON values: {exc}") from exc
 
         # The recipe validates packages, imports and the override before any engine is touched.
-        recipe = self._recipe(base_dir)
+        self.recipe = recipe = self._recipe(base_dir)
 
         from rlmesh.runtime import get_driver, reap_orphans
 

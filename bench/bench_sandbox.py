@@ -1,0 +1,115 @@
+"""Sandbox speed: cold build, cached start-to-first-reset, and step time versus a local server.
+
+    python bench/bench_sandbox.py [--runtime docker] [--steps 3000] [--starts 5]
+
+For each runtime it measures, in one run:
+- cold build: the sandbox recipe with a fresh nonce right after ``FROM``, so no layer is cached
+  (pip installs included);
+- cached start: ``SandboxEnv(...)`` with its image present, until the first ``reset`` returns;
+- step: median ``step`` time through the sandbox versus the same env behind a local
+  ``EnvServer`` in another process, and their ratio (target: <= 1.2).
+Targets from issue 4: cached start-to-first-reset < 2 s, sandbox step <= 1.2x local step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+import time
+import uuid
+from typing import Any
+
+import gymnasium
+
+from rlmesh import EnvServer
+from rlmesh.numpy import RemoteEnv, SandboxEnv
+from rlmesh.runtime import ImageRecipe, get_driver
+
+PACKAGES = ["gymnasium==1.3.0"]
+
+
+def _serve(queue: Any) -> None:
+    server = EnvServer(gymnasium.make("CartPole-v1"), "tcp://127.0.0.1:0")
+    queue.put(server.address)
+    server.serve()
+
+
+def step_times(env: Any, steps: int) -> float:
+    """Median seconds per step (CartPole, alternating actions, resets on done)."""
+    env.reset(seed=0)
+    for _ in range(200):  # warm up
+        _, _, terminated, truncated, _ = env.step(0)
+        if terminated or truncated:
+            env.reset()
+    samples = []
+    action = 0
+    for _ in range(steps):
+        start = time.perf_counter()
+        _, _, terminated, truncated, _ = env.step(action)
+        samples.append(time.perf_counter() - start)
+        action ^= 1
+        if terminated or truncated:
+            env.reset()
+    return statistics.median(samples)
+
+
+def cold_build(runtime: str) -> float:
+    """Build the CartPole sandbox recipe with every layer after FROM made new."""
+    probe = SandboxEnv("CartPole-v1", packages=PACKAGES, runtime=runtime)
+    driver, recipe = probe.driver, probe.recipe
+    probe.close()
+    lines = recipe.dockerfile.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("FROM ")) + 1
+    lines.insert(at, f'LABEL io.rlmesh.bench.nonce="{uuid.uuid4().hex}"')
+    fresh = ImageRecipe("\n".join(lines) + "\n", recipe.context_files, "rlmesh-bench", recipe.labels)
+    start = time.perf_counter()
+    driver.build(fresh)
+    elapsed = time.perf_counter() - start
+    driver.remove_image(fresh.tag)
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runtime", action="append", help="driver name (repeatable); default: docker, podman")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--starts", type=int, default=5)
+    parser.add_argument("--skip-cold", action="store_true", help="skip the cold build")
+    args = parser.parse_args()
+    runtimes = args.runtime or ["docker", "podman"]
+
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    server = context.Process(target=_serve, args=(queue,), daemon=True)
+    server.start()
+    with RemoteEnv(queue.get(timeout=60)) as local:
+        local_step = step_times(local, args.steps)
+    server.terminate()
+
+    rows = []
+    for runtime in runtimes:
+        get_driver(runtime)  # fail early with the driver's own message
+        cold = float("nan") if args.skip_cold else cold_build(runtime)
+        SandboxEnv("CartPole-v1", packages=PACKAGES, runtime=runtime).close()  # image cached
+        starts = []
+        for _ in range(args.starts):
+            begin = time.perf_counter()
+            env = SandboxEnv("CartPole-v1", packages=PACKAGES, runtime=runtime)
+            env.reset(seed=0)
+            starts.append(time.perf_counter() - begin)
+            env.close()
+        with SandboxEnv("CartPole-v1", packages=PACKAGES, runtime=runtime) as env:
+            sandbox_step = step_times(env, args.steps)
+        rows.append((runtime, cold, statistics.median(starts), max(starts), sandbox_step))
+
+    print(f"local EnvServer step (another process): {local_step * 1e6:.1f} us")
+    print(f"{'runtime':<10} {'cold build s':>12} {'start->reset s (med/max)':>26} "
+          f"{'sandbox step us':>16} {'ratio vs local':>15}")
+    for runtime, cold, start, worst, step in rows:
+        print(f"{runtime:<10} {cold:>12.1f} {start:>15.2f} / {worst:<8.2f} {step * 1e6:>16.1f} "
+              f"{step / local_step:>15.2f}")
+
+
+if __name__ == "__main__":
+    main()
