@@ -157,9 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cli.main(args=argv, prog_name="rlmesh", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
-    except click.Abort:
+    except click.Abort:  # a declined confirmation (or Ctrl-C at a prompt): nothing was done
         click.echo("Aborted.", err=True)
-        return EXIT_INTERRUPTED
+        return 1
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
@@ -726,8 +726,11 @@ class _LineForwarder(logging.Handler):
 @_runtime_option
 @click.option("--tag", metavar="IMAGE", help="Image tag (default: $RLMESH_BASE_IMAGE or rlmesh-base:bookworm).")
 @click.option("--mirror", metavar="URL", help="Debian mirror (default: the host's apt source).")
+@click.option("--tarball", type=click.Path(dir_okay=False, path_type=Path),
+              help="Root filesystem tarball: reused when it exists (carry one to air-gapped hosts).")
 @click.option("--force", is_flag=True, help="Rebuild the root filesystem and import again.")
-def bootstrap(runtime: str | None, host: str | None, tag: str | None, mirror: str | None, force: bool) -> None:
+def bootstrap(runtime: str | None, host: str | None, tag: str | None, mirror: str | None,
+              tarball: Path | None, force: bool) -> None:
     """Build the Debian + Python base image locally (no registry) and import it."""
     from rlmesh.progress import progress_lines
     from rlmesh_images.bootstrap import bootstrap as run_bootstrap
@@ -741,7 +744,7 @@ def bootstrap(runtime: str | None, host: str | None, tag: str | None, mirror: st
             forwarder = _LineForwarder(line)
             bootstrap_log.addHandler(forwarder)
             try:
-                result = run_bootstrap(driver, target, mirror=mirror, force=force)
+                result = run_bootstrap(driver, target, tarball=tarball, mirror=mirror, force=force)
             finally:
                 bootstrap_log.removeHandler(forwarder)
     finally:
