@@ -85,7 +85,9 @@ def _hint_for(exc: BaseException) -> str:
         return "run `rlmesh runtimes` to see which engines work here, or `rlmesh doctor`"
     if isinstance(exc, VersionMismatchError):
         return "install the same rlmesh version on both sides"
-    if isinstance(exc, (SourceError, PackageSpecError)):
+    if isinstance(exc, PackageSpecError):
+        return "pass plain pip requirements such as --package gymnasium==1.3.0 (no pip options or shell syntax)"
+    if isinstance(exc, SourceError):
         return ("on the command line use --trust-remote-code / --allow-unpinned-hf; "
                 "`rlmesh serve --help` lists the accepted source forms")
     if isinstance(exc, ImageBuildError):

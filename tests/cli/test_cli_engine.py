@@ -154,3 +154,4 @@ def test_sandbox_refusals_happen_before_any_build(driver: RuntimeDriver) -> None
     result = rlmesh("serve", "gym://CartPole-v1", "--runtime", driver.name, "--package", "gymnasium; rm -rf /")
     assert_failure(result)
     assert "gymnasium; rm -rf /" in result.stderr
+    assert "plain pip requirements" in result.stderr
