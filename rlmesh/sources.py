@@ -156,13 +156,13 @@ def _load_make_env(app_dir: Path) -> Any:
 
 
 def _call_make_env(make: Any, num_envs: int, mode: str, kwargs: Mapping[str, Any]) -> Any:
-    # EnvHub factories conventionally take n_envs / use_async_envs; pass them when accepted.
+    # EnvHub factories conventionally take n_envs / use_async_envs; pass them only when named,
+    # since a catch-all **kwargs usually forwards to the env constructor.
     parameters = inspect.signature(make).parameters
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     call = dict(kwargs)
-    if "n_envs" in parameters or accepts_any:
+    if "n_envs" in parameters:
         call.setdefault("n_envs", num_envs)
-    if "use_async_envs" in parameters or accepts_any:
+    if "use_async_envs" in parameters:
         call.setdefault("use_async_envs", mode == "async")
     return make(**call)
 

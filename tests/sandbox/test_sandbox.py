@@ -16,9 +16,16 @@ import numpy as np
 import pytest
 import torch
 
+import rlmesh
 import rlmesh.numpy as rnp
 import rlmesh.torch as rtorch
-from rlmesh.errors import ContainerError, ImageBuildError, SandboxError, SourceError
+from rlmesh.errors import (
+    ContainerError,
+    ImageBuildError,
+    RuntimeDriverError,
+    SandboxError,
+    SourceError,
+)
 from rlmesh.runtime import RuntimeDriver, reap_orphans
 
 from .conftest import IMPORTS, PACKAGES, ours, runtime_argument
@@ -220,3 +227,52 @@ def test_refusals_happen_before_any_build(kwargs: dict[str, Any], needle: str) -
 def test_vectorization_mode_is_validated() -> None:
     with pytest.raises(SandboxError, match="vectorization_mode"):
         rnp.SandboxVectorEnv("CartPole-v1", num_envs=2, vectorization_mode="threads")
+
+
+# --- parameters with meanings of our own ---------------------------------------------------------
+
+def test_config_file_cwd_and_task(sandbox_driver: RuntimeDriver, tmp_path: Path) -> None:
+    config = tmp_path / "sandbox.toml"
+    config.write_text(
+        "[sandbox]\n"
+        f"packages = {PACKAGES!r}\n".replace("'", '"')
+        + f"imports = {IMPORTS!r}\n".replace("'", '"')
+        + 'task = "cartpole"\n'
+    )
+    # A relative local source resolves against cwd; the config supplies packages, imports, task.
+    with rnp.SandboxEnv("envhub_demo", config=config, cwd=HERE, runtime=sandbox_driver) as env:
+        assert env.action_space == gym.spaces.Discrete(2)
+        assert env.source.task == "cartpole"
+
+
+def test_override_fragment_and_full_dockerfile(sandbox_driver: RuntimeDriver, tmp_path: Path) -> None:
+    fragment = tmp_path / "extra.Dockerfile"
+    fragment.write_text("RUN echo fragment-applied > /opt/rlmesh/marker\n")
+    with rnp.SandboxEnv(str(HERE / "marker_env"), override=fragment, packages=PACKAGES,
+                        imports=IMPORTS, runtime=sandbox_driver) as env:
+        assert env.metadata["marker"] == "fragment-applied"
+        image = env.image
+    full = tmp_path / "full" / "Dockerfile"
+    full.parent.mkdir()
+    (full.parent / "marker.txt").write_text("from-the-context\n")
+    full.write_text(f"FROM {image}\nUSER root\nCOPY marker.txt /opt/rlmesh/marker\nUSER rlmesh\n")
+    with rnp.SandboxEnv(str(HERE / "marker_env"), override=full, runtime=sandbox_driver) as env:
+        assert env.metadata["marker"] == "from-the-context"
+
+
+def test_gpu_capability_is_refused_clearly_without_gpus(sandbox_driver: RuntimeDriver) -> None:
+    if sandbox_driver.supports_gpus:
+        pytest.skip("this engine offers GPUs; the refusal path cannot be shown here")
+    before = set(ours(sandbox_driver, os.getpid()))
+    with pytest.raises(RuntimeDriverError, match="(?i)gpu"):
+        rnp.SandboxEnv("CartPole-v1", packages=PACKAGES, imports=IMPORTS,
+                       capabilities=["gpu"], runtime=sandbox_driver)
+    assert set(ours(sandbox_driver, os.getpid())) == before
+
+
+def test_local_rlmesh_package_from_repo_root(sandbox_driver: RuntimeDriver) -> None:
+    repo = Path(rnp.__file__).resolve().parents[2]
+    with rnp.SandboxEnv("CartPole-v1", packages=PACKAGES, imports=IMPORTS, rlmesh_package="local",
+                        repo_root=repo, runtime=sandbox_driver) as env:
+        assert env.env_contract.server_version == rlmesh.__version__
+        env.reset(seed=0)
