@@ -16,7 +16,7 @@ from rlmesh.spaces import (
 )
 from rlmesh.tensor import Tensor
 
-__all__ = ["spec_from_gymnasium", "gymnasium_from_spec"]
+__all__ = ["spec_from_gymnasium", "gymnasium_from_spec", "stack"]
 
 
 def _tensor(array: Any) -> Tensor:
@@ -84,3 +84,11 @@ def gymnasium_from_spec(spec: SpaceSpec, seed: int | None = None) -> Any:
     if isinstance(spec, TupleSpec):
         return spaces.Tuple(tuple(gymnasium_from_spec(s) for s in spec.spaces), seed=seed)
     raise TypeError(f"not a space spec: {spec!r}")
+
+
+def stack(space: Any, items: list[Any], n: int) -> Any:
+    """Batch ``n`` per-env values of ``space`` the way Gymnasium vector envs expect them."""
+    from gymnasium.vector.utils import concatenate, create_empty_array
+
+    out: Any = create_empty_array(space, n=n)
+    return concatenate(space, items, out)

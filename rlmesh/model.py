@@ -466,11 +466,9 @@ class ModelBase(Generic[ObsT, ActT]):
     def _batch_actions(self, actions: list[Any], handle: _Env) -> Any:
         if handle.remote:
             return actions  # the server stacks per-lane actions into the vector env's batch
-        from gymnasium.vector.utils import concatenate, create_empty_array
+        from rlmesh.gym_spaces import stack
 
-        space = handle.single_action_space
-        return concatenate(space, [_map(a, _to_numpy) for a in actions],
-                           create_empty_array(space, n=handle.num_envs))
+        return stack(handle.single_action_space, [_map(a, _to_numpy) for a in actions], handle.num_envs)
 
     def _predict_lanes(self, observation: Any, lanes: list[_Episode | None], run: _Run,
                        handle: _Env) -> Any:

@@ -390,11 +390,11 @@ def _batch_actions(env: Any, actions: Sequence[Any]) -> Any:
     if len(actions) != env.num_envs:
         raise _ErrorReply(ErrorKind.INVALID_ACTION,
                           f"got {len(actions)} actions for {env.num_envs} environments")
-    from gymnasium.vector.utils import concatenate, create_empty_array
+    from rlmesh.gym_spaces import stack
 
     space = env.single_action_space
     try:
-        return concatenate(space, list(actions), create_empty_array(space, n=env.num_envs))
+        return stack(space, list(actions), env.num_envs)
     except Exception as exc:
         raise _ErrorReply(ErrorKind.INVALID_ACTION,
                           f"actions {_short_repr(actions)} do not fit the action space {space}: {exc}") from exc
