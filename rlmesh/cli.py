@@ -314,13 +314,11 @@ def _gym_make(env_id: str, num_envs: int, mode: str | None, kwargs: dict[str, An
 
 def _local_env(target: str, num_envs: int, mode: str | None, kwargs: dict[str, Any]) -> Any:
     """The env a non-sandbox, non-address target names, built in this process."""
-    if _FACTORY.match(target) and not re.search(r"-v\d+$", target):
-        factory = load_callable(target, "factory")
-        env = factory(**kwargs)
+    if _FACTORY.match(target):  # never a Gymnasium id: those end in -vN, not an identifier
         if num_envs > 1 or mode is not None:
-            raise CommandError("--num-envs/--vectorization-mode apply to Gymnasium ids and sandboxes",
-                               "let the factory return a vector env (or a list of envs) instead")
-        return env
+            raise click.UsageError("--num-envs/--vectorization-mode apply to Gymnasium ids and "
+                                   "sandboxes; let the factory return a vector env (or a list of envs)")
+        return load_callable(target, "factory")(**kwargs)
     from rlmesh.sources import parse_source
 
     parse_source(target)  # the same id rules (and error message) as sandboxes
@@ -334,16 +332,15 @@ def _open_sandbox(target: str, sandbox: _SandboxArgs, num_envs: int, mode: str |
     except ImportError as exc:
         raise CommandError("sandboxes from the command line need NumPy",
                            'pip install "rlmesh[numpy]"') from exc
-    source = target if not sandbox.force or target.startswith(_SANDBOX_PREFIXES) else f"gym://{target}"
     options = {**sandbox.session_kwargs(), **kwargs}
     if vector:
-        return SandboxVectorEnv(source, num_envs=num_envs, vectorization_mode=mode or "sync", **options)
-    return SandboxEnv(source, **options)
+        return SandboxVectorEnv(target, num_envs=num_envs, vectorization_mode=mode or "sync", **options)
+    return SandboxEnv(target, **options)
 
 
 # --- serve --------------------------------------------------------------------------------------
 
-@cli.command(context_settings={"ignore_unknown_options": False})
+@cli.command()
 @click.argument("target", metavar="ENV_ID_OR_SOURCE")
 @click.argument("make_kwargs", nargs=-1, metavar="[-- KEY=VALUE...]")
 @click.option("--address", "-a", default="tcp://127.0.0.1:5555", show_default=True,

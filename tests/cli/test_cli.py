@@ -76,6 +76,7 @@ def test_version_and_help() -> None:
     ["eval", "CartPole-v1", "--policy", "no colon"],
     ["serve", "127.0.0.1:5555"],                      # an address is not something to serve
     ["images", "list", "--bogus"],
+    ["serve", "helpers_envs.py:make_cartpole", "--num-envs", "2"],  # factories choose their own lanes
 ])
 def test_bad_arguments_exit_2(args: list[str]) -> None:
     result = rlmesh(*args)

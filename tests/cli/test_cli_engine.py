@@ -93,14 +93,18 @@ def test_images_prune_declined_removes_nothing(driver: RuntimeDriver) -> None:
 
 
 def test_sandbox_ls_and_reap_remove_only_orphans(driver: RuntimeDriver) -> None:
-    dead_owner = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead_start = process_start_time(dead_owner.pid)
-    dead_owner.wait()
+    # The owner is alive until just before the reap: every rlmesh session on this host reaps
+    # orphans, so an orphan made earlier could be taken by a concurrent test run instead.
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     sleeper = ["sleep", "300"]
-    orphan = driver.run(RunSpec(image=default_base_image(), command=sleeper, labels={
-        TEST_LABEL: RUN_ID, OWNER_PID: str(dead_owner.pid), OWNER_START: dead_start or ""}))
+    try:
+        orphan = driver.run(RunSpec(image=default_base_image(), command=sleeper, labels={
+            TEST_LABEL: RUN_ID, OWNER_PID: str(owner.pid), OWNER_START: process_start_time(owner.pid) or ""}))
+    finally:
+        owner.kill()
     alive = driver.run(RunSpec(image=default_base_image(), command=sleeper, labels={TEST_LABEL: RUN_ID}))
     try:
+        owner.wait()  # now the first container's owner is gone
         listed = rlmesh("sandbox", "ls", "--runtime", driver.name, "--json")
         assert listed.returncode == 0, listed.stderr
         rows = {row["id"]: row for row in json.loads(listed.stdout)}
@@ -120,7 +124,8 @@ def test_sandbox_ls_and_reap_remove_only_orphans(driver: RuntimeDriver) -> None:
 
 def test_eval_a_sandbox_source_matches_local(driver: RuntimeDriver) -> None:
     assert RLMESH is not None
-    proc = subprocess.Popen([RLMESH, "eval", "gym://CartPole-v1", "--runtime", driver.name, "-e", "3",
+    # A plain id runs in-process unless --sandbox asks for a container.
+    proc = subprocess.Popen([RLMESH, "eval", "CartPole-v1", "--sandbox", "--runtime", driver.name, "-e", "3",
                              "--seed", "4", "--policy", "helpers_envs.py:lean_policy", "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=Path(__file__).parent)
