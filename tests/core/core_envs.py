@@ -85,7 +85,7 @@ def nested_space() -> spaces.Space[Any]:
         "inner": spaces.Tuple((
             spaces.Discrete(4, start=-2),
             spaces.Dict({"bits": spaces.MultiBinary([2, 2]),
-                         "md": spaces.MultiDiscrete([[2, 3], [4, 5]], start=[[1, 1], [0, -3]])}),
+                         "md": spaces.MultiDiscrete(np.array([[2, 3], [4, 5]]), start=np.array([[1, 1], [0, -3]]))}),
         )),
         "name": spaces.Text(6, min_length=2, charset="abcXYZ"),
     })
@@ -98,7 +98,7 @@ def space_zoo() -> dict[str, spaces.Space[Any]]:
         "box_f32": spaces.Box(-1.0, 2.0, (3, 2), np.float32),
         "box_f64_inf": spaces.Box(np.array([-inf, 0.0, -inf]), np.array([inf, inf, 1.0]), (3,), np.float64),
         "box_f16": spaces.Box(-4.0, 4.0, (2,), np.float16),
-        "box_bool": spaces.Box(0, 1, (2, 2), np.bool_),
+        "box_bool": spaces.Box(0, 1, (2, 2), np.bool_),  # type: ignore[arg-type]  # stubs omit bool
         "box_scalar": spaces.Box(-3.0, 3.0, (), np.float32),
         "box_varied": spaces.Box(np.array([[-1.0, -2.0], [0.0, 5.0]], np.float32),
                                  np.array([[1.0, 2.0], [0.5, 6.0]], np.float32)),
@@ -107,7 +107,7 @@ def space_zoo() -> dict[str, spaces.Space[Any]]:
         info = np.iinfo(name)
         # Full integer range for 8/16 bit; a sampler-friendly range for the wide ones.
         low, high = (info.min, info.max) if info.bits <= 16 else (max(info.min, -1000), 1000)
-        zoo[f"box_{name}"] = spaces.Box(low, high, (4,), np.dtype(name))
+        zoo[f"box_{name}"] = spaces.Box(low, high, (4,), np.dtype(name).type)
     zoo.update({
         "discrete": spaces.Discrete(5),
         "discrete_start": spaces.Discrete(3, start=-7),
@@ -115,7 +115,7 @@ def space_zoo() -> dict[str, spaces.Space[Any]]:
         "multibinary_1d": spaces.MultiBinary(5),
         "multibinary_nd": spaces.MultiBinary([2, 3, 2]),
         "multidiscrete": spaces.MultiDiscrete([3, 4, 5]),
-        "multidiscrete_start": spaces.MultiDiscrete(np.array([[2, 3], [4, 5]]), start=[[-1, 0], [10, -5]]),
+        "multidiscrete_start": spaces.MultiDiscrete(np.array([[2, 3], [4, 5]]), start=np.array([[-1, 0], [10, -5]])),
         "multidiscrete_int32": spaces.MultiDiscrete([6, 7], dtype=np.int32, start=[1, 2]),
         "text": spaces.Text(8),
         "text_charset": spaces.Text(5, min_length=0, charset="01ab"),

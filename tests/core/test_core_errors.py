@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 import numpy as np
 import pytest
 import zmq
@@ -202,7 +202,8 @@ def _ext_tensor(code: int, dtype_code: int, shape: tuple[int, ...], tail: bytes)
 
 
 def _request(kind: Any, request_id: Any, session: Any, payload: Any) -> bytes:
-    return msgpack.packb([kind, request_id, session, payload], use_bin_type=True)
+    packed: bytes = msgpack.packb([kind, request_id, session, payload], use_bin_type=True)
+    return packed
 
 
 FLOAT32 = sorted(rlmesh.tensor.DTYPES).index("float32")
@@ -244,7 +245,7 @@ def _exchange(dealer: zmq.Socket[Any], frames: list[bytes], timeout_ms: int = 20
 
 def test_hostile_frames_get_error_replies_and_the_server_survives(spawn_server: Any, clients: Any) -> None:
     server = spawn_server("cartpole")
-    context = zmq.Context.instance()
+    context: zmq.Context[Any] = zmq.Context.instance()
     dealer = context.socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
     dealer.connect(to_zmq_endpoint(server.address))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import core_envs
@@ -142,8 +143,8 @@ def test_torch_client_drives_cartpole(server_pool: Any, clients: Any) -> None:
     assert isinstance(sample, torch.Tensor) and sample.shape == (4,) and env.observation_space.contains(sample)
 
 
-def test_list_of_envs_is_served_as_a_sync_vector_env(server_pool: Any, clients: Any) -> None:
-    remote = clients(rnp.RemoteVectorEnv, server_pool("cartpole_list"))
+def test_list_of_envs_is_served_as_a_sync_vector_env(server_pool: Any, clients: Any, transport: str) -> None:
+    remote = clients(rnp.RemoteVectorEnv, server_pool("cartpole_list", transport))
     local = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1") for _ in range(2)])
     assert remote.num_envs == 2
     assert remote.single_action_space == local.single_action_space
@@ -172,7 +173,7 @@ def test_render_single(server_pool: Any, clients: Any) -> None:
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_render_vector_by_env_index(mode: str, server_pool: Any, clients: Any) -> None:
-    kwargs = {"num_envs": 2, "mode": mode, "render_mode": "rgb_array"}
+    kwargs: dict[str, Any] = {"num_envs": 2, "mode": mode, "render_mode": "rgb_array"}
     env = clients(rnp.RemoteVectorEnv, server_pool("cartpole_vec", **kwargs))
     local = core_envs.cartpole_vec(**kwargs)
     try:
@@ -192,4 +193,11 @@ def test_render_vector_by_env_index(mode: str, server_pool: Any, clients: Any) -
 def test_gymnasium_check_env_passes(server_pool: Any, clients: Any) -> None:
     env = clients(rnp.RemoteEnv, server_pool("cartpole", render_mode="rgb_array"))
     assert isinstance(env, gym.Env)
-    check_env(env)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env)
+    # check_env reports most problems (dtypes, bounds, determinism) as warnings: only these two
+    # are expected, both true of CartPole itself or of any env not built by gymnasium.make.
+    expected = ("Box observation space m", "not having a spec")
+    unexpected = [str(w.message) for w in caught if not any(e in str(w.message) for e in expected)]
+    assert not unexpected

@@ -155,6 +155,10 @@ def as_space_value(space: Any, value: Any) -> Any:
     if isinstance(space, spaces.Box) and space.shape == ():
         assert isinstance(value, float)
         return np.asarray(value, space.dtype)
+    if isinstance(space, spaces.Dict):
+        return {k: as_space_value(space[k], v) for k, v in value.items()}
+    if isinstance(space, spaces.Tuple):
+        return tuple(as_space_value(s, v) for s, v in zip(space, value))
     return value
 
 

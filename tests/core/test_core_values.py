@@ -80,10 +80,10 @@ def test_large_arrays_travel_as_their_own_frames_and_small_ones_inline() -> None
 
 
 def test_containers_and_primitives_round_trip() -> None:
-    value = {"none": None, "t": True, "i": -(2**63), "u": 2**64 - 1, "f": 1.5, "s": "é", "b": b"\x00",
+    value: dict[Any, Any] = {"none": None, "t": True, "i": -(2**63), "u": 2**64 - 1, "f": 1.5, "s": "é", "b": b"\x00",
              "list": [1, [2, (3, {"x": ()})]], "tuple": (1, 2), 7: "int key", "enum": _Color.RED}
     decoded = codec.decode(codec.encode(value))
-    expected = dict(value, enum="red")
+    expected = {**value, "enum": "red"}
     assert decoded == expected
     assert isinstance(decoded["tuple"], tuple) and isinstance(decoded["list"][1][1], tuple)
 
@@ -121,14 +121,14 @@ def test_garbage_decodes_to_protocol_errors_only() -> None:
     samples = [b"", b"\xc1", b"\xd4\x01", b"\xc7\x03\x01\x00\x00\x00", b"\xd6\x09abcd",
                b"\xc7\x0a\x02" + b"\x05\x02" + b"\x00" * 8]
     for _ in range(300):
-        header = bytearray(good[0])
+        header: bytearray = bytearray(good[0])
         for _ in range(rng.randint(1, 4)):
             header[rng.randrange(len(header))] = rng.randrange(256)
         samples.append(bytes(header[: rng.randint(0, len(header))]) if rng.random() < 0.3 else bytes(header))
-    for header in samples:
+    for sample in samples:
         for factory in (None, _array_from_wire, _tensor_from_wire):
             try:
-                codec.decode([header, *good[1:]], factory)
+                codec.decode([sample, *good[1:]], factory)
             except ProtocolError:
                 pass
     with pytest.raises(ProtocolError):

@@ -7,11 +7,13 @@ from typing import Any
 import core_envs
 import numpy as np
 import pytest
+import torch
 from core_compare import assert_equal
 from gymnasium.vector import AutoresetMode
 
 import rlmesh
 import rlmesh.numpy as rnp
+import rlmesh.torch as rtorch
 
 NUM_ENVS = 3
 STEPS = 90  # random CartPole episodes last ~20 steps: every env ends several times
@@ -21,7 +23,7 @@ STEPS = 90  # random CartPole episodes last ~20 steps: every env ends several ti
 @pytest.mark.parametrize("autoreset", [m.value for m in AutoresetMode])
 def test_vector_env_matches_local_step_by_step(mode: str, autoreset: str, server_pool: Any,
                                                clients: Any) -> None:
-    kwargs = {"num_envs": NUM_ENVS, "mode": mode, "autoreset": autoreset}
+    kwargs: dict[str, Any] = {"num_envs": NUM_ENVS, "mode": mode, "autoreset": autoreset}
     remote = clients(rnp.RemoteVectorEnv, server_pool("cartpole_vec", **kwargs))
     local = core_envs.cartpole_vec(**kwargs)
     try:
@@ -54,7 +56,7 @@ def test_vector_env_matches_local_step_by_step(mode: str, autoreset: str, server
 
 
 def test_same_step_final_observations_on_the_plain_client(server_pool: Any, clients: Any) -> None:
-    kwargs = {"num_envs": 2, "autoreset": AutoresetMode.SAME_STEP.value}
+    kwargs: dict[str, Any] = {"num_envs": 2, "autoreset": AutoresetMode.SAME_STEP.value}
     env = clients(rlmesh.RemoteVectorEnv, server_pool("cartpole_vec", **kwargs))
     local = core_envs.cartpole_vec(**kwargs)
     env.reset(seed=0)
@@ -74,3 +76,22 @@ def test_same_step_final_observations_on_the_plain_client(server_pool: Any, clie
             assert got is None
         else:
             assert isinstance(got, rlmesh.Tensor) and rnp.asarray(got).tolist() == expected.tolist()
+
+
+def test_torch_vector_client_matches_local(server_pool: Any, clients: Any) -> None:
+    kwargs: dict[str, Any] = {"num_envs": NUM_ENVS}
+    env = clients(rtorch.RemoteVectorEnv, server_pool("cartpole_vec", **kwargs))
+    local = core_envs.cartpole_vec(**kwargs)
+    obs, _ = env.reset(seed=3)
+    want, _ = local.reset(seed=3)
+    assert isinstance(obs, torch.Tensor) and obs.dtype == torch.float32 and obs.tolist() == want.tolist()
+    for step in range(40):
+        actions = torch.tensor([step % 2, 1, 0])
+        obs, reward, terminated, truncated, _ = env.step(actions)
+        want, want_reward, want_terminated, want_truncated, _ = local.step(actions.numpy())
+        assert obs.tolist() == want.tolist() and reward.tolist() == want_reward.tolist()
+        assert terminated.dtype == torch.bool and terminated.tolist() == want_terminated.tolist()
+        assert truncated.tolist() == want_truncated.tolist()
+    sample = env.action_space.sample()
+    assert isinstance(sample, torch.Tensor) and tuple(sample.shape) == (NUM_ENVS,)
+    assert env.action_space.contains(sample)
