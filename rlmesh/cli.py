@@ -155,8 +155,13 @@ def cli(verbose: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rlmesh`` console script; returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    # "rlmesh eval ADDR --verbose" works too: the flag belongs to the group, so move it there.
+    end = args.index("--") if "--" in args else len(args)
+    flags = [a for a in args[:end] if a in ("-v", "--verbose")]
+    args = flags + [a for a in args[:end] if a not in flags] + args[end:]
     try:
-        cli.main(args=argv, prog_name="rlmesh", standalone_mode=False)
+        cli.main(args=args, prog_name="rlmesh", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.Abort:  # a declined confirmation (or Ctrl-C at a prompt): nothing was done

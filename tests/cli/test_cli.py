@@ -94,8 +94,10 @@ def test_unreachable_address_fails_fast_with_hint() -> None:
     assert "rlmesh serve" in result.stderr
 
 
-def test_verbose_shows_the_traceback() -> None:
-    result = rlmesh("--verbose", "eval", f"127.0.0.1:{free_port()}", "--connect-timeout", "1")
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_verbose_shows_the_traceback(where: str) -> None:
+    args = ["eval", f"127.0.0.1:{free_port()}", "--connect-timeout", "1"]
+    result = rlmesh(*(["--verbose", *args] if where == "before" else [*args, "-v"]))
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr
     assert "ConnectionError" in result.stderr

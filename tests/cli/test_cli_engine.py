@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -151,7 +152,7 @@ def test_serve_a_sandbox_relays_it_and_removes_the_container(driver: RuntimeDriv
             steps += 1
             done = terminated or truncated
         assert steps <= 5  # the make kwarg reached gymnasium.make inside the container
-    assert server.stop() == 0
+    assert server.stop(signal.SIGTERM) == 0  # what a job scheduler or `docker stop` sends
     assert owned_by(driver, server.proc.pid) == []
 
 
