@@ -364,6 +364,7 @@ def serve(target: str, make_kwargs: tuple[str, ...], address: str, num_envs: int
     (gym://ID, hf://owner/repo@sha:suite/task, or a directory with env.py). Keyword
     arguments for the env go after `--` as key=value (JSON values, else strings):
 
+    \b
         rlmesh serve CartPole-v1 --address 127.0.0.1:5555 -- max_episode_steps=200
 
     A sandbox is served through this process: clients connect to --address, and the
