@@ -68,6 +68,7 @@ class Connection:
         self._object_array = object_array
         self._session = uuid.uuid4().hex
         self._request_id = 0
+        self._pending_kind = ""
         self._closed = False
         self._broken: str | None = None
         self._context: zmq.Context[Any] = zmq.Context.instance()
@@ -126,13 +127,26 @@ class Connection:
     def request(self, kind: str, payload: Any = None, *, timeout: float | None = None,
                 connecting: bool = False) -> Any:
         """Send one request and return the decoded reply payload (or raise its error)."""
+        return self.receive(self.send(kind, payload), timeout=timeout, connecting=connecting)
+
+    @property
+    def socket(self) -> zmq.Socket[Any]:
+        """The request socket, for polling many connections together (read replies with :meth:`poll_reply`)."""
+        return self._socket
+
+    def send(self, kind: str, payload: Any = None) -> int:
+        """Send a request without waiting; return its id for :meth:`receive` or :meth:`poll_reply`."""
         if self._closed:
             raise ConnectionError(f"the client for {self.address} is closed")
         if self._broken:
             raise ConnectionError(self._broken)
         self._request_id += 1
-        request_id = self._request_id
-        self._socket.send_multipart(codec.encode([kind, request_id, self._session, payload]), copy=False)
+        self._pending_kind = kind
+        self._socket.send_multipart(codec.encode([kind, self._request_id, self._session, payload]), copy=False)
+        return self._request_id
+
+    def receive(self, request_id: int, *, timeout: float | None = None, connecting: bool = False) -> Any:
+        """Wait for the reply to ``request_id`` and return its payload (or raise its error)."""
         wait = self.request_timeout if timeout is None else timeout
         deadline = None if wait is None else time.monotonic() + wait
         while True:
@@ -140,23 +154,41 @@ class Connection:
             if deadline is not None:
                 slice_ms = max(0, min(slice_ms, int((deadline - time.monotonic()) * 1000)))
             if self._socket.poll(slice_ms, zmq.POLLIN):
-                frames = self._socket.recv_multipart(copy=False)
-                reply = codec.decode([frames[0].bytes, *(f.buffer for f in frames[1:])],
-                                     self._tensor_factory, self._object_array)
-                if not isinstance(reply, list) or len(reply) != 3:
-                    raise ProtocolError(f"malformed reply from {self.address}")
-                status, reply_id, result = reply
-                if reply_id != request_id and reply_id != -1:
-                    continue  # a late reply to a request that timed out earlier
-                if status == "ok":
+                done, result = self.poll_reply(request_id)
+                if done:
                     return result
-                raise self._error(result)
+                continue
             self._check_monitor(connecting)
             if deadline is not None and time.monotonic() >= deadline:
                 if not connecting:
-                    self._broken = (f"the server at {self.address} did not answer a {kind} request "
-                                    f"within {wait:g} s; the client is unusable, create a new one")
+                    self.mark_timed_out(wait)
                 raise TimeoutError(self._broken or f"no reply from {self.address}")
+
+    def poll_reply(self, request_id: int) -> tuple[bool, Any]:
+        """Read what has arrived without blocking: ``(True, payload)`` once the reply to
+        ``request_id`` is in, else ``(False, None)``; an error reply raises its exception."""
+        while self._socket.poll(0, zmq.POLLIN):
+            frames = self._socket.recv_multipart(copy=False)
+            reply = codec.decode([frames[0].bytes, *(f.buffer for f in frames[1:])],
+                                 self._tensor_factory, self._object_array)
+            if not isinstance(reply, list) or len(reply) != 3:
+                raise ProtocolError(f"malformed reply from {self.address}")
+            status, reply_id, result = reply
+            if reply_id != request_id and reply_id != -1:
+                continue  # a late reply to a request that timed out or was abandoned earlier
+            if status == "ok":
+                return True, result
+            raise self._error(result)
+        return False, None
+
+    def check_alive(self) -> None:
+        """Raise ``ConnectionError`` if the monitor saw the server drop the connection."""
+        self._check_monitor(False)
+
+    def mark_timed_out(self, waited: float) -> None:
+        """Declare the connection unusable after a request went unanswered for ``waited`` s."""
+        self._broken = (f"the server at {self.address} did not answer a {self._pending_kind} request "
+                        f"within {waited:g} s; the client is unusable, create a new one")
 
     def _check_monitor(self, connecting: bool) -> None:
         while self._monitor.poll(0):
