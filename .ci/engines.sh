@@ -12,13 +12,14 @@ ROOTLESS_USER="${RLMESH_ROOTLESS_USER:-rlmesh}"
 BASE_IMAGE="${RLMESH_BASE_IMAGE:-rlmesh-base:bookworm}"
 BASE_TARBALL="${RLMESH_BASE_TARBALL:-/var/cache/rlmesh/base-bookworm.tar}"
 PYTHON="${RLMESH_PYTHON:-python3}"
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STATE_DIR=/run/rlmesh
 ENV_FILE="$STATE_DIR/engines.env"
 LOG_DIR=/var/log/rlmesh
 DOCKER_SOCK=/var/run/docker.sock
 ROOTFUL_SOCK=/run/podman/podman.sock
 PACKAGES=(docker.io podman catatonit netavark aardvark-dns slirp4netns uidmap fuse-overlayfs
-          iptables curl mmdebstrap)
+          iptables curl mmdebstrap python3-venv)
 
 CURRENT_STEP="start"
 T_START=$(date +%s%N)
@@ -155,9 +156,25 @@ start_podman_rootless() {
         || die "rootless podman service did not answer: $(tail -5 "$LOG_DIR/podman-rootless.log")"
 }
 
+# A Python that has rlmesh with its docker and podman drivers. On a fresh machine (CI runs this
+# before anything is installed) that is a venv of our own with an editable install of this repo.
+find_python() {
+    local probe='import rlmesh_images, rlmesh_runtimes.docker, rlmesh_runtimes.podman'
+    if "$PYTHON" -c "$probe" >/dev/null 2>&1; then
+        return
+    fi
+    local venv=/var/cache/rlmesh/venv
+    if ! "$venv/bin/python" -c "$probe" >/dev/null 2>&1; then
+        log "$PYTHON lacks rlmesh[docker,podman]; installing it into $venv"
+        "$PYTHON" -m venv "$venv" || die "cannot create $venv with $PYTHON (set RLMESH_PYTHON)"
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+            -e "${REPO}[docker,podman]" >"$LOG_DIR/pip.log" 2>&1 \
+            || die "pip install of rlmesh failed: $(tail -5 "$LOG_DIR/pip.log")"
+    fi
+    PYTHON="$venv/bin/python"
+}
+
 bootstrap() {
-    "$PYTHON" -c 'import rlmesh_images' 2>/dev/null \
-        || die "$PYTHON cannot import rlmesh_images: run 'pip install -e \".[docker,podman]\"' in the repo first (or set RLMESH_PYTHON)"
     "$PYTHON" -m rlmesh_images.bootstrap --tarball "$BASE_TARBALL" --tag "$BASE_IMAGE" "$@"
 }
 
@@ -221,6 +238,7 @@ main() {
     step "start rootful podman" start_podman_rootful
     step "set up rootless user" setup_rootless_user
     step "start rootless podman" start_podman_rootless
+    step "python for bootstrap" find_python
     step "base image" import_base_image
     step "write engines.env" write_env
     log "all engines up in $(elapsed "$T_START") s; settings in $ENV_FILE"
