@@ -124,8 +124,8 @@ def _data_pointer(view: memoryview) -> int:
         _release_buffer(ctypes.byref(buffer))
 
 
-def export(tensor: Tensor, *, versioned: bool) -> Any:
-    """Return a DLPack capsule (versioned and read-only when the consumer supports it)."""
+def export(tensor: Tensor, *, versioned: bool, read_only: bool = True) -> Any:
+    """Return a DLPack capsule (versioned, and flagged read-only, when the consumer supports it)."""
     code, bits = tensor._dlpack_dtype()
     ndim = tensor.ndim
     shape = (ctypes.c_int64 * max(ndim, 1))(*tensor.shape)
@@ -141,7 +141,8 @@ def export(tensor: Tensor, *, versioned: bool) -> Any:
     managed: _Managed | _ManagedVersioned
     if versioned:
         managed = _ManagedVersioned(
-            version=_Version(*_VERSION), manager_ctx=None, deleter=_delete, flags=_READ_ONLY, dl_tensor=dl
+            version=_Version(*_VERSION), manager_ctx=None, deleter=_delete,
+            flags=_READ_ONLY if read_only else 0, dl_tensor=dl
         )
         name = b"dltensor_versioned"
     else:

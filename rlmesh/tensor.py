@@ -170,7 +170,9 @@ class Tensor:
         from rlmesh import _dlpack
 
         source = Tensor(bytearray(self._bytes), self._dtype, self._shape) if copy else self
-        return _dlpack.export(source, versioned=max_version is not None and max_version[0] >= 1)
+        # A copy belongs to the consumer alone, so only shared memory is flagged read-only.
+        return _dlpack.export(source, versioned=max_version is not None and max_version[0] >= 1,
+                              read_only=not copy)
 
     def _dlpack_dtype(self) -> tuple[int, int]:
         _, itemsize, code = _DTYPE_TABLE[self._dtype]
