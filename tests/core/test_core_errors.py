@@ -281,12 +281,12 @@ def test_hostile_frames_get_error_replies_and_the_server_survives(spawn_server: 
 
 
 def test_silent_client_times_out_and_frees_the_server(spawn_server: Any, clients: Any) -> None:
-    server = spawn_server("cartpole", session_timeout=0.4)
+    server = spawn_server("cartpole", session_timeout=0.5)
     silent = clients(rnp.RemoteEnv, server.address, heartbeat_interval=None)
     silent.reset(seed=0)
     with pytest.raises(ServerBusyError):
         rnp.RemoteEnv(server.address)
-    time.sleep(0.9)
+    time.sleep(1.0)
     newcomer = clients(rnp.RemoteEnv, server.address)
     assert newcomer.reset(seed=0)[0].shape == (4,)
     with pytest.raises(ConnectionError, match="not attached"):
@@ -294,7 +294,7 @@ def test_silent_client_times_out_and_frees_the_server(spawn_server: Any, clients
     # A client that sends heartbeats keeps its session while idle.
     newcomer.close()
     beating = clients(rnp.RemoteEnv, server.address, heartbeat_interval=0.1)
-    time.sleep(0.9)
+    time.sleep(1.0)
     with pytest.raises(ServerBusyError):
         rnp.RemoteEnv(server.address)
     assert beating.step(0)[0].shape == (4,)

@@ -175,6 +175,23 @@ def test_numpy_dlpack_view_is_zero_copy_and_read_only(dtype: str) -> None:
         view[0, 0] = 1
 
 
+def test_numpy_dlpack_copy_is_writable_and_separate() -> None:
+    tensor = Tensor(np.arange(4, dtype=np.float32).tobytes(), "float32", (4,))
+    copied = np.from_dlpack(tensor, copy=True)
+    assert copied.flags.writeable and copied.ctypes.data != address_of(tensor.raw)
+    copied += 1
+    assert tensor.tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("shape", [(0,), (0, 3), (), (1, 1, 1)])
+def test_dlpack_of_empty_and_scalar_tensors(shape: tuple[int, ...]) -> None:
+    array = np.arange(int(np.prod(shape)), dtype=np.int32).reshape(shape)
+    tensor = Tensor(array.tobytes(), "int32", shape)
+    np.testing.assert_array_equal(np.from_dlpack(tensor), array, strict=True)
+    assert rtorch.as_tensor(tensor).tolist() == array.tolist()
+    assert rnp.asarray(tensor).shape == shape
+
+
 def test_dlpack_view_keeps_the_tensor_alive() -> None:
     view = np.from_dlpack(Tensor(np.arange(10000, dtype=np.int64).tobytes(), "int64", (10000,)))
     _churn = [bytearray(80000) for _ in range(20)]
