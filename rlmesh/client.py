@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from types import TracebackType
+from collections.abc import Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
 from rlmesh.address import to_zmq_endpoint
@@ -12,7 +13,7 @@ from rlmesh.connection import Connection
 from rlmesh.protocol import EnvContract, Request
 from rlmesh.spaces import SpaceSpec
 
-__all__ = ["RemoteEnvBase", "RemoteVectorEnvBase", "RemoteEnv", "RemoteVectorEnv", "connect"]
+__all__ = ["AttachedClient", "RemoteEnvBase", "RemoteVectorEnvBase", "RemoteEnv", "RemoteVectorEnv", "connect"]
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ ValueT = TypeVar("ValueT")
 ActionT = TypeVar("ActionT")
 
 
-def _open(backend: Backend, address: str | int | None, *, host: str | None = None,
+def open_connection(backend: Backend, address: str | int | None, *, host: str | None = None,
           port: int | None = None, path: str | None = None, transport: str | None = None,
           connect_timeout: float = 10.0, request_timeout: float | None = None,
           heartbeat_interval: float | None = 2.0) -> Connection:
@@ -35,8 +36,47 @@ def _open(backend: Backend, address: str | int | None, *, host: str | None = Non
     )
 
 
-class _RemoteClient(Generic[ValueT, ActionT]):
-    """Shared connect/close logic of single and vector clients."""
+class AttachedClient:
+    """Owns one :class:`Connection`: address, closing, context manager, close on collection."""
+
+    _connection: Connection | None = None
+
+    @property
+    def address(self) -> str:
+        return self._live().address
+
+    @property
+    def closed(self) -> bool:
+        return self._connection is None
+
+    def _live(self) -> Connection:
+        if self._connection is None:
+            raise ConnectionError(f"this {type(self).__name__} is closed; create a new one")
+        return self._connection
+
+    def close(self, **kwargs: Any) -> None:
+        """Detach from the server; the served env or model keeps running for the next client."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            if self._connection is not None:
+                self.close()
+        except Exception:  # interpreter shutdown: nothing sensible left to do
+            pass
+
+
+class _RemoteClient(AttachedClient, Generic[ValueT, ActionT]):
+    """Shared connect logic and env surface of single and vector clients."""
 
     _backend: ClassVar[Backend] = PLAIN
     _expects_vector: ClassVar[bool] = False
@@ -54,7 +94,7 @@ class _RemoteClient(Generic[ValueT, ActionT]):
         heartbeat_interval: float | None = 2.0,
     ) -> None:
         self._connection: Connection | None = None
-        connection = _open(self._backend, address, host=host, port=port, path=path,
+        connection = open_connection(self._backend, address, host=host, port=port, path=path,
                            transport=transport, connect_timeout=connect_timeout,
                            request_timeout=request_timeout, heartbeat_interval=heartbeat_interval)
         contract = EnvContract.from_wire(connection.contract_wire)
@@ -74,10 +114,6 @@ class _RemoteClient(Generic[ValueT, ActionT]):
         self._action_space = backend.space_from_spec(contract.action_space)
 
     # --- what the endpoint serves ---------------------------------------------------------------
-
-    @property
-    def address(self) -> str:
-        return self._live().address
 
     @property
     def env_contract(self) -> EnvContract:
@@ -108,16 +144,7 @@ class _RemoteClient(Generic[ValueT, ActionT]):
     def render_mode(self) -> str | None:
         return self._contract.render_mode
 
-    @property
-    def closed(self) -> bool:
-        return self._connection is None
-
     # --- requests -------------------------------------------------------------------------------
-
-    def _live(self) -> Connection:
-        if self._connection is None:
-            raise ConnectionError("this remote client is closed; create a new one")
-        return self._connection
 
     def _reset(self, seed: Any, options: dict[str, object] | None) -> tuple[Any, dict[str, Any]]:
         obs, info = self._live().request(Request.RESET, {"seed": seed, "options": options})
@@ -130,26 +157,6 @@ class _RemoteClient(Generic[ValueT, ActionT]):
     def render(self, *, env_index: int = 0) -> Any:
         """Render a frame (for vector endpoints, of the env at ``env_index``)."""
         return self._live().request(Request.RENDER, {"env_index": env_index})
-
-    def close(self, **kwargs: Any) -> None:
-        """Detach from the server. The remote env keeps running for the next client."""
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            connection.close()
-
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            if getattr(self, "_connection", None) is not None:
-                self.close()
-        except Exception:  # interpreter shutdown: nothing sensible left to do
-            pass
 
     def __repr__(self) -> str:
         state = "closed" if self._connection is None else self._connection.address
@@ -226,6 +233,17 @@ class RemoteVectorEnvBase(_RemoteClient[ValueT, ActionT]):
         """Step every env with a batch of actions (an array or a list with one per env)."""
         return self._step(actions)
 
+    @classmethod
+    def from_endpoints(cls, endpoints: Sequence[str | int], **kwargs: Any) -> Any:
+        """One vector env over the lanes of many endpoints (single or vector env servers).
+
+        Returns this backend's :class:`~rlmesh.multi.MultiEndpointVectorEnvBase`; keyword
+        arguments are its own (``autoreset_mode``, timeouts, ``owned``).
+        """
+        from rlmesh.multi import multi_endpoint_class
+
+        return multi_endpoint_class(cls._backend.name)(endpoints, **kwargs)
+
 
 class RemoteEnv(RemoteEnvBase[Any, Any]):
     """Dependency-free client: array values arrive as :class:`rlmesh.Tensor`."""
@@ -255,7 +273,7 @@ def connect(address: str | int | None = None, *, backend: str = "plain",
     ``"torch"``; other keyword arguments are those of :class:`RemoteEnvBase`.
     """
     single, vector = _client_classes(backend)
-    connection = _open(single._backend, address, **kwargs)
+    connection = open_connection(single._backend, address, **kwargs)
     try:
         contract = EnvContract.from_wire(connection.contract_wire)
     except BaseException:

@@ -159,7 +159,7 @@ class Connection:
                     return result
                 continue
             self._check_monitor(connecting)
-            if deadline is not None and time.monotonic() >= deadline:
+            if wait is not None and deadline is not None and time.monotonic() >= deadline:
                 if not connecting:
                     self.mark_timed_out(wait)
                 raise TimeoutError(self._broken or f"no reply from {self.address}")

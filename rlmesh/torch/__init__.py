@@ -16,6 +16,7 @@ from rlmesh.codec import ObjectArray
 from rlmesh.model import ModelBase
 from rlmesh._sandbox_model import SandboxModelBase
 from rlmesh.model_server import PolicyClientBase
+from rlmesh.multi import MultiEndpointVectorEnvBase
 from rlmesh.spaces import Space, SpaceSpec, ValueAdapter
 from rlmesh.tensor import Tensor
 
@@ -29,6 +30,7 @@ __all__ = [
     "RemoteVectorEnv",
     "SandboxEnv",
     "SandboxVectorEnv",
+    "MultiEndpointVectorEnv",
     "Model",
     "SandboxModel",
 ]
@@ -139,6 +141,17 @@ class RemoteEnv(RemoteEnvBase[TorchValue, TorchValue]):
 
 class RemoteVectorEnv(RemoteVectorEnvBase[TorchValue, TorchValue]):
     """Experimental remote vector env client with batched Torch values."""
+
+    _backend = BACKEND
+
+
+class MultiEndpointVectorEnv(MultiEndpointVectorEnvBase[TorchValue, TorchValue]):
+    """Experimental: one vector env over many endpoints' lanes, with Torch values.
+
+    Example:
+        >>> env = MultiEndpointVectorEnv(["10.0.0.5:5555", "10.0.0.6:5555"])  # doctest: +SKIP
+        >>> obs, info = env.reset(seed=0)  # lane i is seeded with 0 + i  # doctest: +SKIP
+    """
 
     _backend = BACKEND
 
