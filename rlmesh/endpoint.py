@@ -1,0 +1,279 @@
+"""What every rlmesh server shares: the socket, the loop, sessions, the handshake, error replies.
+
+:class:`~rlmesh.server.EnvServer` and :class:`~rlmesh.model_server.ModelServer` differ only in
+what they answer (``reset``/``step``/``render`` or ``predict``) and what their handshake
+describes; everything else lives here. One client is attached at a time; a request that fails
+gets an error reply and the endpoint keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+import traceback
+import uuid
+from types import TracebackType
+from typing import Any, TypeVar
+
+import zmq
+
+from rlmesh import codec
+from rlmesh._version import __version__
+from rlmesh.address import to_user_address, to_zmq_endpoint
+from rlmesh.errors import ProtocolError
+from rlmesh.protocol import PROTOCOL_GENERATION, ErrorKind, Request
+
+__all__ = ["Endpoint", "ErrorReply"]
+
+log = logging.getLogger(__name__)
+
+_POLL_MS = 250
+EndpointT = TypeVar("EndpointT", bound="Endpoint")
+
+
+class ErrorReply(Exception):
+    """Raised by a request handler to answer with an error of a given kind."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.payload = {"kind": kind, "type": "", "message": message, "traceback": ""}
+
+
+def _error_payload(kind: str, exc: BaseException) -> dict[str, str]:
+    return {
+        "kind": kind,
+        "type": type(exc).__qualname__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+    }
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+class Endpoint:
+    """A bound ROUTER socket serving one attached client session at a time.
+
+    Subclasses implement :meth:`_handshake` (what ``hello`` returns) and :meth:`_answer`
+    (every other request kind), and may extend :meth:`_release`.
+    """
+
+    #: Used in log lines and messages, e.g. "model server".
+    role = "server"
+
+    def __init__(
+        self,
+        address: str | int,
+        *,
+        session_timeout: float,
+        owner_timeout: float | None,
+        tensor_factory: codec.TensorFactory | None = None,
+        object_array: Any = None,
+    ) -> None:
+        self.session_timeout = session_timeout
+        self.owner_timeout = owner_timeout
+        self._tensor_factory = tensor_factory
+        self._object_array = object_array
+        endpoint = to_zmq_endpoint(address)
+        if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
+            endpoint = endpoint[:-2] + ":*"
+        self._context: zmq.Context[Any] = zmq.Context.instance()
+        self._socket = self._context.socket(zmq.ROUTER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # replies to vanished peers raise, not vanish
+        if "[" in endpoint:
+            self._socket.setsockopt(zmq.IPV6, 1)
+        try:
+            self._socket.bind(endpoint)
+        except zmq.ZMQError as exc:
+            self._socket.close()
+            raise OSError(f"cannot listen on {to_user_address(endpoint)}: {exc}") from exc
+        self._endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._wake_endpoint = f"inproc://rlmesh-wake-{uuid.uuid4().hex}"
+        self._wake = self._context.socket(zmq.PAIR)
+        self._wake.bind(self._wake_endpoint)
+        self._session: str | None = None
+        self._last_seen = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    # --- what subclasses provide ----------------------------------------------------------------
+
+    def _handshake(self) -> dict[str, Any]:
+        """The ``hello`` reply: at least ``protocol`` and ``server_version``."""
+        raise NotImplementedError
+
+    def _answer(self, kind: str, payload: Any) -> Any:
+        """Answer one request of an attached client; raise :class:`ErrorReply` to refuse."""
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        """Free what the subclass holds, once, after the socket is closed."""
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """The bound address in user form (with the real port when port 0 was asked for)."""
+        return to_user_address(self._endpoint)
+
+    def serve(self) -> None:
+        """Serve until :meth:`shutdown`, Ctrl-C, SIGTERM or the owner timeout; then clean up."""
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        try:
+            self._loop()
+        except KeyboardInterrupt:
+            log.info("interrupted; shutting down")
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+            self._cleanup()
+
+    def start(self: EndpointT) -> EndpointT:
+        """Serve in a background thread and return self."""
+        if self._thread is not None:
+            raise RuntimeError(f"{self.role} already started")
+        self._thread = threading.Thread(target=self.serve, name=f"rlmesh-{self.role}", daemon=True)
+        self._thread.start()
+        return self
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop serving and release the socket and what the subclass holds."""
+        self._stop.set()
+        if self._thread is None:
+            self._cleanup()
+            return
+        waker = self._context.socket(zmq.PAIR)
+        waker.setsockopt(zmq.LINGER, 0)
+        waker.connect(self._wake_endpoint)
+        waker.send(b"", zmq.NOBLOCK)
+        waker.close()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def __enter__(self: EndpointT) -> EndpointT:
+        if self._thread is None:
+            self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.shutdown()
+
+    def _cleanup(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._socket.close(linger=0)
+        self._wake.close(linger=0)
+        if self._endpoint.startswith("ipc://"):
+            try:
+                os.unlink(self._endpoint[len("ipc://"):])
+            except OSError:
+                pass
+        self._release()
+        log.info("%s on %s stopped", self.role, self.address)
+
+    # --- loop -----------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._socket, zmq.POLLIN)
+        poller.register(self._wake, zmq.POLLIN)
+        started = time.monotonic()
+        while not self._stop.is_set():
+            ready = dict(poller.poll(_POLL_MS))
+            if self._socket in ready:
+                while True:
+                    try:
+                        frames = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._handle(frames)
+            now = time.monotonic()
+            if self._session is not None and now - self._last_seen > self.session_timeout:
+                log.warning("client %s sent nothing for %.0f s; detaching it", self._session[:8],
+                            self.session_timeout)
+                self._session = None
+                self._last_seen = now
+            if (self.owner_timeout is not None and self._session is None
+                    and now - max(self._last_seen, started) > self.owner_timeout):
+                log.warning("no client for %.0f s; stopping (owner_timeout)", self.owner_timeout)
+                return
+
+    def _handle(self, frames: list[zmq.Frame]) -> None:
+        if len(frames) < 2:
+            return  # not even an identity and a header: nothing to answer
+        identity = frames[0].bytes
+        request_id = -1
+        try:
+            request = codec.decode([frames[1].bytes, *(f.buffer for f in frames[2:])],
+                                   self._tensor_factory, self._object_array)
+            if not isinstance(request, list) or len(request) != 4 or not isinstance(request[0], str):
+                raise ProtocolError("request must be [kind, request_id, session, payload]")
+            kind, request_id, session, payload = request
+            if not isinstance(request_id, int):
+                request_id = -1
+                raise ProtocolError("request id must be an integer")
+            if kind == Request.HEARTBEAT:
+                if session is not None and session == self._session:
+                    self._last_seen = time.monotonic()
+                return
+            result = self._dispatch(kind, session, payload)
+        except ErrorReply as error:
+            self._reply(identity, ["error", request_id, error.payload])
+            return
+        except ProtocolError as exc:
+            self._reply(identity, ["error", request_id, _error_payload(ErrorKind.PROTOCOL, exc)])
+            return
+        except Exception as exc:  # the env or policy raised: report it and keep serving
+            log.debug("request handler raised", exc_info=True)
+            self._reply(identity, ["error", request_id, _error_payload(ErrorKind.ENVIRONMENT, exc)])
+            return
+        self._last_seen = time.monotonic()
+        self._reply(identity, ["ok", request_id, result])
+
+    def _reply(self, identity: bytes, message: list[Any]) -> None:
+        try:
+            frames = codec.encode(message)
+        except TypeError as exc:
+            log.warning("reply not encodable (%s); sending unencodable values as their repr", exc)
+            frames = codec.encode(message, lenient=True)
+        try:
+            self._socket.send_multipart([identity, *frames], copy=False)
+        except zmq.ZMQError as exc:  # the peer vanished between request and reply
+            log.debug("could not reply to a vanished client: %s", exc)
+
+    def _dispatch(self, kind: str, session: Any, payload: Any) -> Any:
+        if kind == Request.HELLO:
+            return self._hello(session, payload)
+        if session is None or session != self._session:
+            raise ErrorReply(ErrorKind.NOT_ATTACHED, "this client is not attached (it closed or "
+                             "timed out); reconnect with a new client")
+        if kind == Request.CLOSE:
+            self._session = None
+            return None
+        return self._answer(kind, payload)
+
+    def _hello(self, session: Any, payload: Any) -> Any:
+        if not isinstance(session, str) or not isinstance(payload, dict):
+            raise ProtocolError("hello needs a session token and a payload")
+        if payload.get("protocol") != PROTOCOL_GENERATION:
+            raise ErrorReply(ErrorKind.VERSION, (
+                f"protocol generation mismatch: server rlmesh {__version__} speaks generation "
+                f"{PROTOCOL_GENERATION}, client rlmesh {payload.get('version')} speaks "
+                f"{payload.get('protocol')}; install the same rlmesh version on both sides"))
+        if self._session is not None and self._session != session:
+            raise ErrorReply(ErrorKind.BUSY, (
+                f"the {self.role} at {self.address} already serves another client; close that "
+                "client first, or start another server for this one"))
+        self._session = session
+        self._last_seen = time.monotonic()
+        return self._handshake()
