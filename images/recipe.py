@@ -274,6 +274,9 @@ def sandbox_recipe(
         context_files=context,
         repository=repository,
         labels=dict(labels or {}),
+        packages=tuple(specs),
+        imports=tuple(modules),
+        app_files=dict(app_files or {}),
     )
 
 

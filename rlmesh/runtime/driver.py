@@ -43,6 +43,14 @@ class ImageRecipe:
     context_files: Mapping[str, bytes] = field(default_factory=dict)
     repository: str = "rlmesh-sandbox"
     labels: Mapping[str, str] = field(default_factory=dict)
+    #: What the Dockerfile installs, for runtimes that build no image (Ray installs these with
+    #: its runtime environments): pip requirements, or ``None`` when the recipe is only a
+    #: hand-written Dockerfile that such runtimes cannot follow.
+    packages: tuple[str, ...] | None = None
+    #: Modules the image checks at build time.
+    imports: tuple[str, ...] = ()
+    #: App files (relative path -> contents) the image places in its app directory.
+    app_files: Mapping[str, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in self.context_files:
