@@ -31,7 +31,7 @@ ENV_VAR = "RLMESH_RUNTIME"
 #: Built-in drivers tried first by automatic selection, most direct engine API first.
 AUTO_ORDER = ("docker", "podman", "cli")
 #: The rlmesh extra that installs each built-in driver's engine client.
-_EXTRAS = {"docker": "docker", "podman": "podman", "cli": "cli"}
+_EXTRAS = {"docker": "docker", "podman": "podman", "cli": "cli", "ray": "ray"}
 
 
 def installed_drivers() -> dict[str, EntryPoint]:
