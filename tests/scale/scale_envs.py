@@ -13,12 +13,14 @@ class InfoCartPole(gym.Wrapper[Any, Any, Any, Any]):
     """CartPole whose infos vary by lane and step: ints, floats, arrays, strings, nested dicts,
     and keys only some lanes report, so merged vector infos are exercised."""
 
-    def __init__(self, fail_at: int | None = None, sleep_at: int | None = None) -> None:
-        super().__init__(gym.make("CartPole-v1"))
+    def __init__(self, fail_at: int | None = None, sleep_at: int | None = None,
+                 step_sleep: float = 0.0, render_mode: str | None = None) -> None:
+        super().__init__(gym.make("CartPole-v1", render_mode=render_mode))
         self._seed: int | None = None
         self._t = 0
         self._fail_at = fail_at
         self._sleep_at = sleep_at
+        self._step_sleep = step_sleep
 
     def _info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"t": self._t, "half": self._t / 2, "tag": f"s{self._seed}-{self._t}",
@@ -40,6 +42,7 @@ class InfoCartPole(gym.Wrapper[Any, Any, Any, Any]):
             raise RuntimeError(f"env broke on purpose at step {self._t}")
         if self._sleep_at is not None and self._t >= self._sleep_at:
             time.sleep(60)
+        time.sleep(self._step_sleep)
         obs, reward, terminated, truncated, _ = self.env.step(action)
         return obs, reward, terminated, truncated, self._info()
 
