@@ -80,6 +80,8 @@ _CALL_TIMEOUT = 30.0
 # Recipes "built" in this process, by tag: Ray has no image store to keep them in.
 _recipes: dict[str, ImageRecipe] = {}
 _recipes_lock = threading.Lock()
+# Parts of Ray's API are untyped or typed narrower than they accept: call those through Any.
+_ray: Any = ray
 
 
 def _satisfied_here(requirement: str) -> bool:
@@ -136,7 +138,7 @@ class ServerActor:
         os.chdir(app_dir)  # the actor owns its worker process, as a container owns its cwd
         for module in imports:
             importlib.import_module(module)
-        host = ray.util.get_node_ip_address()
+        host = str(_ray.util.get_node_ip_address())
         timeout = float(config.get("owner_timeout", 15.0))
         if config.get("kind") == "model":
             from rlmesh.model_server import ModelServer, load_policy
@@ -184,7 +186,8 @@ class ServerActor:
             self._server.shutdown(timeout=2.0)
 
 
-_RemoteServerActor: Any = ray.remote(max_restarts=0, max_concurrency=4)(ServerActor)
+# Threaded, so health and log calls are answered while start() builds the env.
+_RemoteServerActor: Any = _ray.remote(max_restarts=0, max_concurrency=4)(ServerActor)
 
 
 class RayDriver(RuntimeDriver):
@@ -245,7 +248,7 @@ class RayDriver(RuntimeDriver):
         try:
             self._connect()
             with self._errors("listing the cluster's nodes"):
-                nodes = [n for n in ray.nodes() if n.get("Alive")]
+                nodes = [n for n in _ray.nodes() if n.get("Alive")]
         except RuntimeDriverError as exc:
             return Availability(False, reason=str(exc))
         if not nodes:
@@ -260,7 +263,7 @@ class RayDriver(RuntimeDriver):
         """``(node id, node IP)`` of every alive node, sorted by IP (the placement order)."""
         self._connect()
         with self._errors("listing the cluster's nodes"):
-            alive = [(str(n["NodeID"]), str(n["NodeManagerAddress"])) for n in ray.nodes() if n.get("Alive")]
+            alive = [(str(n["NodeID"]), str(n["NodeManagerAddress"])) for n in _ray.nodes() if n.get("Alive")]
         return sorted(alive, key=lambda node: (node[1], node[0]))
 
     # -- "images": recipes kept in this process ----------------------------------------------
@@ -431,7 +434,7 @@ class RayDriver(RuntimeDriver):
             name = entry["name"]
             try:
                 actor = ray.get_actor(name, namespace=NAMESPACE)
-                actor_labels: dict[str, str] = ray.get(actor.labels.remote(), timeout=_CALL_TIMEOUT)
+                actor_labels: dict[str, str] = _ray.get(actor.labels.remote(), timeout=_CALL_TIMEOUT)
                 running, _ = ray.get(actor.health.remote(), timeout=_CALL_TIMEOUT)
             except (ValueError, ray.exceptions.RayError):
                 continue  # it ended while we looked
