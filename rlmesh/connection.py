@@ -167,8 +167,11 @@ class Connection:
     def poll_reply(self, request_id: int) -> tuple[bool, Any]:
         """Read what has arrived without blocking: ``(True, payload)`` once the reply to
         ``request_id`` is in, else ``(False, None)``; an error reply raises its exception."""
-        while self._socket.poll(0, zmq.POLLIN):
-            frames = self._socket.recv_multipart(copy=False)
+        while True:
+            try:
+                frames = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return False, None
             reply = codec.decode([frames[0].bytes, *(f.buffer for f in frames[1:])],
                                  self._tensor_factory, self._object_array)
             if not isinstance(reply, list) or len(reply) != 3:
@@ -179,7 +182,6 @@ class Connection:
             if status == "ok":
                 return True, result
             raise self._error(result)
-        return False, None
 
     def check_alive(self) -> None:
         """Raise ``ConnectionError`` if the monitor saw the server drop the connection."""

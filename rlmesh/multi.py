@@ -152,6 +152,10 @@ class MultiEndpointVectorEnvBase(Generic[ValueT, ActionT]):
             size = contract.num_envs if contract.vector else 1
             self._endpoints.append(_Endpoint(connection, contract, start, size))
             start += size
+        backend = self._backend
+        # Lanes arrive as NumPy already: a NumPy-flavoured env hands them over as they are.
+        self._passthrough = (backend.tensor_factory is decode.tensor_factory
+                             and backend.object_array is decode.object_array)
         self._poller = zmq.Poller()
         for endpoint in self._endpoints:
             self._poller.register(endpoint.connection.socket, zmq.POLLIN)
@@ -482,7 +486,8 @@ class MultiEndpointVectorEnvBase(Generic[ValueT, ActionT]):
                         if done:
                             results[index] = value
                             continue
-                    connection.check_alive()
+                    elif not ready:  # a quiet slice: is anyone we wait for gone?
+                        connection.check_alive()
                 except Exception as exc:
                     raise _named(endpoint, exc) from exc
                 still.append(index)
@@ -496,8 +501,8 @@ class MultiEndpointVectorEnvBase(Generic[ValueT, ActionT]):
         return results
 
     def _convert(self, value: Any) -> Any:
-        """NumPy values as the backend's flavour (NumPy arrays stay as they are)."""
-        return _to_backend(self._backend, value)
+        """NumPy values as the backend's flavour."""
+        return value if self._passthrough else _to_backend(self._backend, value)
 
 
 class MultiEndpointVectorEnv(MultiEndpointVectorEnvBase[Any, Any]):

@@ -1,0 +1,145 @@
+"""Scale-out throughput: one vector env over 1, 2 and 4 endpoints of 8 CartPole lanes each.
+
+Every endpoint is an EnvServer serving ``gymnasium.make_vec("CartPole-v1", 8, "sync")`` in its
+own process; ``rlmesh.numpy.MultiEndpointVectorEnv`` drives them all as one vector env. For each
+endpoint count it reports aggregate env steps per second (lanes x vector steps / s) and the
+per-batch time against the baseline: one ``RemoteVectorEnv`` whose single server runs the same
+total number of lanes. The two are timed in alternating blocks, so machine load hits both alike.
+Target: multi-endpoint per-batch time <= 1.3x the single endpoint's at equal lanes.
+
+``--ray-address HEAD:PORT`` adds the same table with the endpoints placed on that Ray cluster
+through the ``ray`` runtime (``rlmesh.spread.spread_vector_env``).
+
+    python bench/bench_scale.py [--steps 2000] [--blocks 10] [--ray-address 127.0.0.3:6379]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+import rlmesh
+import rlmesh.numpy as rnp
+
+PER_ENDPOINT = 8
+ENDPOINT_COUNTS = (1, 2, 4)
+TARGET = 1.3
+SERVER = """
+import sys
+import gymnasium as gym
+from rlmesh import EnvServer
+env = gym.make_vec("CartPole-v1", num_envs=int(sys.argv[1]), vectorization_mode="sync")
+server = EnvServer(env, "tcp://127.0.0.1:0")
+print("READY", server.address, flush=True)
+server.serve()
+"""
+
+
+def start_server(lanes: int) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(lanes)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("READY "):
+        proc.kill()
+        raise RuntimeError(f"benchmark server did not start: {line!r}")
+    return proc, line.split(" ", 1)[1].strip()
+
+
+def time_steps(env: Any, lanes: int, steps: int, rng: np.random.Generator) -> float:
+    """Median seconds per vector step over ``steps`` random steps."""
+    actions = rng.integers(0, 2, (steps, lanes))
+    durations = []
+    for row in actions:
+        begin = time.perf_counter()
+        env.step(row)
+        durations.append(time.perf_counter() - begin)
+    return statistics.median(durations)
+
+
+def compare(multi: Any, single: Any, lanes: int, steps: int, blocks: int) -> tuple[float, float]:
+    """Median per-batch seconds of the multi-endpoint and the single-endpoint env, interleaved."""
+    rng = np.random.default_rng(0)
+    multi.reset(seed=0)
+    single.reset(seed=0)
+    per_block = max(1, steps // blocks)
+    multi_times, single_times = [], []
+    for _ in range(blocks):
+        multi_times.append(time_steps(multi, lanes, per_block, rng))
+        single_times.append(time_steps(single, lanes, per_block, rng))
+    return statistics.median(multi_times), statistics.median(single_times)
+
+
+def local_rows(steps: int, blocks: int) -> list[tuple[int, int, float, float]]:
+    rows = []
+    for count in ENDPOINT_COUNTS:
+        lanes = count * PER_ENDPOINT
+        procs: list[subprocess.Popen[str]] = []
+        try:
+            endpoints = []
+            for _ in range(count):
+                proc, address = start_server(PER_ENDPOINT)
+                procs.append(proc)
+                endpoints.append(address)
+            proc, single_address = start_server(lanes)
+            procs.append(proc)
+            with rnp.RemoteVectorEnv.from_endpoints(endpoints) as multi, \
+                    rnp.RemoteVectorEnv(single_address) as single:
+                rows.append((count, lanes, *compare(multi, single, lanes, steps, blocks)))
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait(10)
+    return rows
+
+
+def ray_rows(address: str, steps: int) -> list[tuple[int, int, float]]:
+    from rlmesh.spread import spread_vector_env
+    from rlmesh_runtimes.ray import RayDriver
+
+    driver = RayDriver(address=address)
+    rows = []
+    for count in ENDPOINT_COUNTS:
+        lanes = count * PER_ENDPOINT
+        with spread_vector_env("CartPole-v1", lanes, per_endpoint=PER_ENDPOINT, runtime=driver,
+                               rlmesh_package=f"rlmesh=={rlmesh.__version__}") as env:
+            env.reset(seed=0)
+            rows.append((count, lanes, time_steps(env, lanes, steps, np.random.default_rng(0))))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=2000, help="timed vector steps per configuration")
+    parser.add_argument("--blocks", type=int, default=10, help="alternating blocks (multi, single)")
+    parser.add_argument("--ray-address", help="also place the endpoints on this Ray cluster")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    print(f"load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs; {PER_ENDPOINT} CartPole lanes per endpoint")
+    print(f"{'endpoints':>9} {'lanes':>5} {'multi steps/s':>14} {'multi us/batch':>15} "
+          f"{'single us/batch':>16} {'ratio':>6}")
+    worst = 0.0
+    for count, lanes, multi, single in local_rows(args.steps, args.blocks):
+        ratio = multi / single
+        worst = max(worst, ratio)
+        print(f"{count:>9} {lanes:>5} {lanes / multi:>14,.0f} {multi * 1e6:>15.0f} {single * 1e6:>16.0f} "
+              f"{ratio:>6.2f}")
+    if args.ray_address:
+        print(f"\nvia Ray at {args.ray_address} (endpoints placed round-robin over its nodes)")
+        print(f"{'endpoints':>9} {'lanes':>5} {'steps/s':>14} {'us/batch':>15}")
+        for count, lanes, seconds in ray_rows(args.ray_address, args.steps):
+            print(f"{count:>9} {lanes:>5} {lanes / seconds:>14,.0f} {seconds * 1e6:>15.0f}")
+    verdict = "meets" if worst <= TARGET else "MISSES"
+    print(f"\nworst ratio {worst:.2f}: {verdict} the target of <= {TARGET} x a single endpoint's per-batch time")
+    return 0 if worst <= TARGET else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
