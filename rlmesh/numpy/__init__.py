@@ -31,6 +31,7 @@ __all__ = [
     "SandboxEnv",
     "SandboxVectorEnv",
     "MultiEndpointVectorEnv",
+    "spread_vector_env",
     "Model",
     "SandboxModel",
 ]
@@ -190,6 +191,16 @@ class MultiEndpointVectorEnv(MultiEndpointVectorEnvBase[NumpyValue, NumpyValue],
     """
 
     _backend = BACKEND
+
+
+def spread_vector_env(source: str, num_envs: int, **kwargs: Any) -> MultiEndpointVectorEnv:
+    """:func:`rlmesh.spread.spread_vector_env` with NumPy values: ``num_envs`` lanes in
+    sandboxes of ``per_endpoint`` lanes (``runtime="ray"`` spreads them over a Ray cluster)."""
+    from rlmesh.spread import spread_vector_env as spread
+
+    env = spread(source, num_envs, backend="numpy", **kwargs)
+    assert isinstance(env, MultiEndpointVectorEnv)
+    return env
 
 
 class SandboxEnv(SandboxEnvBase[NumpyValue, NumpyValue]):
