@@ -273,9 +273,11 @@ class SandboxSessionBase(Generic[RemoteT]):
         return {}
 
     def _recipe(self, base_dir: Path) -> ImageRecipe:
-        from rlmesh_images.recipe import sandbox_recipe
+        from rlmesh_images.recipe import sandbox_recipe, validate_import_name, validate_package_spec
 
         settings = self.settings
+        packages = _default_packages([validate_package_spec(p) for p in settings.get("packages") or ()])
+        imports = [validate_import_name(name) for name in settings.get("imports") or ()]
         override = settings.get("override")
         labels = {"io.rlmesh.managed": "true", "io.rlmesh.version": __version__}
         app_files = self._source_files()
@@ -292,8 +294,8 @@ class SandboxSessionBase(Generic[RemoteT]):
         package = resolve_rlmesh_package(settings.get("rlmesh_package"), repo_root=settings.get("repo_root"))
         recipe = sandbox_recipe(
             base_image=settings.get("base_image"),
-            packages=_default_packages(list(settings.get("packages") or ())),
-            imports=list(settings.get("imports") or ()),
+            packages=packages,
+            imports=imports,
             rlmesh_requirement=package.requirement,
             rlmesh_wheel=package.wheel,
             app_files=app_files,

@@ -2,14 +2,16 @@
 
 ``rlmesh_package`` may be a pip requirement (``"rlmesh==0.2.0"``), a wheel path, or ``"local"``
 (build a wheel from the rlmesh checkout). Unset, the environment variable
-``RLMESH_SANDBOX_RLMESH_PACKAGE`` decides; otherwise a released host installs the same release,
-and an unreleased host (a dev version or a source checkout) builds a wheel of its own source,
-so the handshake always matches.
+``RLMESH_SANDBOX_RLMESH_PACKAGE`` decides; otherwise a host running from a checkout ships a
+wheel built from that checkout, a released host installs the same release, and any other
+unreleased host repackages its installed files as a wheel, so the handshake always matches.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import logging
 import os
 import re
@@ -17,7 +19,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import rlmesh
@@ -33,6 +37,7 @@ _RELEASE = re.compile(r"^\d+(\.\d+)*$")
 # Fixed zip timestamps make the same source give a byte-identical wheel, so image caching works.
 _SOURCE_DATE_EPOCH = "315532800"
 _SOURCE_DIRS = ("rlmesh", "runtimes", "images")
+_INSTALL_ONLY_FILES = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"}
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,55 @@ def build_local_wheel(root: Path) -> Path:
         return Path(shutil.move(str(wheels[0]), target / wheels[0].name))
 
 
+def _installed_sources() -> dict[str, bytes] | None:
+    """The files of the installed (non-editable) rlmesh distribution, wheel-relative; else None."""
+    try:
+        dist = metadata.distribution("rlmesh")
+    except metadata.PackageNotFoundError:
+        return None
+    direct_url = json.loads(dist.read_text("direct_url.json") or "{}")
+    if direct_url.get("dir_info", {}).get("editable"):
+        return None  # an editable install holds no sources of its own
+    contents: dict[str, bytes] = {}
+    for entry in dist.files or []:
+        name = entry.as_posix()
+        if (name.startswith("..") or "__pycache__" in entry.parts or entry.suffix == ".pyc"
+                or name.rsplit("/", 1)[-1] in _INSTALL_ONLY_FILES):
+            continue  # scripts are regenerated from entry_points.txt; install records are redone
+        contents[name] = Path(str(entry.locate())).read_bytes()
+    has_code = any(name.startswith("rlmesh/") for name in contents)
+    return contents if has_code else None
+
+
+def wheel_from_installation(contents: dict[str, bytes]) -> Path:
+    """Repackage installed rlmesh files as a reproducible wheel (same files, same version)."""
+    digest = hashlib.sha256()
+    for name in sorted(contents):
+        digest.update(name.encode() + b"\0" + contents[name])
+    target = _cache_dir() / f"installed-{digest.hexdigest()[:24]}"
+    wheel = target / f"rlmesh-{__version__}-py3-none-any.whl"
+    if wheel.is_file():
+        return wheel
+    dist_info = next(n.split("/")[0] for n in contents if n.split("/")[0].endswith(".dist-info"))
+    record = [f"{name},sha256={_record_hash(data)},{len(data)}" for name, data in sorted(contents.items())]
+    record.append(f"{dist_info}/RECORD,,")
+    files = {**contents, f"{dist_info}/RECORD": ("\n".join(record) + "\n").encode()}
+    target.mkdir(parents=True, exist_ok=True)
+    scratch = wheel.with_suffix(".tmp")
+    with zipfile.ZipFile(scratch, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name in sorted(files):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, files[name])
+    scratch.replace(wheel)
+    log.info("repackaged the installed rlmesh %s as %s for the sandbox", __version__, wheel)
+    return wheel
+
+
+def _record_hash(data: bytes) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
 def resolve_rlmesh_package(
     rlmesh_package: str | os.PathLike[str] | None = None,
     *,
@@ -102,15 +156,17 @@ def resolve_rlmesh_package(
     value = rlmesh_package if rlmesh_package is not None else os.environ.get(ENV_VARIABLE) or None
     if value is None:
         root = find_repo_root(repo_root) if repo_root is not None else find_repo_root()
-        if _RELEASE.match(__version__) and root is None:
+        if root is not None:  # running from a checkout: ship exactly that source
+            return RlmeshPackage(wheel=build_local_wheel(root))
+        if _RELEASE.match(__version__):
             return RlmeshPackage(requirement=f"rlmesh=={__version__}")
-        if root is None:
+        installed = _installed_sources()
+        if installed is None:
             raise SandboxError(
-                f"this host runs an unreleased rlmesh ({__version__}) and no rlmesh checkout was "
-                "found to build it from; pass rlmesh_package='/path/to/rlmesh.whl' or "
-                "repo_root='/path/to/rlmesh'"
+                f"this host runs an unreleased rlmesh ({__version__}) whose files cannot be "
+                "shipped; pass rlmesh_package='/path/to/rlmesh.whl' or repo_root='/path/to/rlmesh'"
             )
-        return RlmeshPackage(wheel=build_local_wheel(root))
+        return RlmeshPackage(wheel=wheel_from_installation(installed))
     if str(value) == "local":
         root = find_repo_root(repo_root)
         if root is None:
