@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rlmesh import codec
@@ -98,6 +98,7 @@ class EnvServer(Endpoint):
     ) -> None:
         self.env = _as_env(env)
         self.check_actions = check_actions
+        self._action_ok = _action_checker(self.env.action_space)
         self.close_env = close_env
         self.contract = self._make_contract()
         self._vector = self.contract.vector
@@ -130,7 +131,7 @@ class EnvServer(Endpoint):
         env = self.env
         if self._vector and isinstance(action, (list, tuple)):
             action = _batch_actions(env, action)
-        if self.check_actions and not _contains(env.action_space, action):
+        if self.check_actions and not self._action_ok(action):
             raise ErrorReply(ErrorKind.INVALID_ACTION,
                               f"action {_short_repr(action)} is not in the action space {env.action_space}")
         obs, reward, terminated, truncated, info = env.step(action)
@@ -166,6 +167,20 @@ class EnvServer(Endpoint):
             autoreset_mode=_autoreset_mode(env),
             server_version=__version__,
         )
+
+
+def _action_checker(space: Any) -> Callable[[Any], bool]:
+    """A membership test for actions; Discrete's common case skips Gymnasium's generic check."""
+    if type(space).__name__ == "Discrete" and hasattr(space, "start"):
+        low, high = int(space.start), int(space.start + space.n)
+
+        def discrete(action: Any) -> bool:
+            if type(action) is int:  # what clients send for a Discrete action
+                return low <= action < high
+            return _contains(space, action)
+
+        return discrete
+    return lambda action: _contains(space, action)
 
 
 def _contains(space: Any, action: Any) -> bool:
