@@ -153,7 +153,10 @@ class Endpoint:
         waker = self._context.socket(zmq.PAIR)
         waker.setsockopt(zmq.LINGER, 0)
         waker.connect(self._wake_endpoint)
-        waker.send(b"", zmq.NOBLOCK)
+        try:
+            waker.send(b"", zmq.NOBLOCK)
+        except zmq.Again:  # nobody listens: the loop saw _stop on its own and closed the wake socket
+            pass
         waker.close()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout)
