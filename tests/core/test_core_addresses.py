@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,12 @@ def test_shutdown_frees_the_address() -> None:
     with pytest.raises(ConnectionError):
         RemoteEnv(address, connect_timeout=0.3)
     EnvServer(gym.make("CartPole-v1"), address).shutdown()  # the port can be bound again
+
+
+def test_shutdown_after_the_server_stopped_by_itself() -> None:
+    server = EnvServer(gym.make("CartPole-v1"), owner_timeout=0.2).start()
+    time.sleep(0.8)  # the owner timeout ends the loop, which closes its sockets
+    server.shutdown()  # must not fail because nobody is left to wake
 
 
 def test_sigterm_stops_serve_cleanly(spawn_server: Any) -> None:
