@@ -122,6 +122,7 @@ class ServerActor:
         self._labels = dict(labels)
         self._server: Any = None
         self._thread: threading.Thread | None = None
+        self._stopping = False
         self._buffer = _LogBuffer()
         root = logging.getLogger()
         root.addHandler(self._buffer)
@@ -165,9 +166,11 @@ class ServerActor:
     def _exit_when_stopped(self) -> None:
         assert self._thread is not None
         self._thread.join()
-        # The owner went away (no heartbeats) or stop() was called: the actor has nothing left
-        # to do, and a lingering worker process would be a leak.
-        logging.getLogger(__name__).info("server stopped; ending the actor")
+        if self._stopping:
+            return  # the driver kills the actor right after stop()
+        # The owner went away (no heartbeats): the actor has nothing left to do, and a
+        # lingering worker process would be a leak.
+        logging.getLogger(__name__).info("server stopped: no client; ending the actor")
         os._exit(0)
 
     def labels(self) -> dict[str, str]:
@@ -182,6 +185,7 @@ class ServerActor:
         return "\n".join(lines if tail is None else lines[-tail:])
 
     def stop(self) -> None:
+        self._stopping = True
         if self._server is not None:
             self._server.shutdown(timeout=2.0)
 
@@ -213,6 +217,7 @@ class RayDriver(RuntimeDriver):
         self._start_timeout = start_timeout
         self._placement = itertools.count()
         self._handles: dict[str, Any] = {}
+        self._warned_network = False
 
     # -- connection -------------------------------------------------------------------------
 
@@ -330,7 +335,8 @@ class RayDriver(RuntimeDriver):
                 "ray: Ray reserves but never enforces memory/CPU limits; run without memory=/cpus= "
                 "(reserve CPUs per endpoint with RayDriver(num_cpus=...))"
             )
-        if not spec.network:
+        if not spec.network and not self._warned_network:
+            self._warned_network = True
             log.warning("ray: actors share their node's network; outbound network cannot be turned off")
 
     def run(self, spec: RunSpec) -> ContainerHandle:
