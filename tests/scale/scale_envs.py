@@ -47,6 +47,35 @@ class InfoCartPole(gym.Wrapper[Any, Any, Any, Any]):
         return obs, reward, terminated, truncated, self._info()
 
 
+class DictEnv(gym.Env[Any, Any]):
+    """Dict observations and Dict/Tuple actions, ending every few steps: batching by space."""
+
+    observation_space = gym.spaces.Dict({
+        "pos": gym.spaces.Box(-10.0, 10.0, (2,), np.float32),
+        "id": gym.spaces.Discrete(50),
+        "pair": gym.spaces.Tuple((gym.spaces.Discrete(3), gym.spaces.Box(0, 255, (2, 2), np.uint8))),
+    })
+    action_space = gym.spaces.Dict({"move": gym.spaces.Discrete(3),
+                                    "push": gym.spaces.Box(-1.0, 1.0, (2,), np.float32)})
+
+    def _obs(self) -> dict[str, Any]:
+        return {"pos": self._pos.copy(), "id": int(self._id),
+                "pair": (self._t % 3, np.full((2, 2), self._t * 7 % 256, dtype=np.uint8))}
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        super().reset(seed=seed)
+        self._pos = self.np_random.uniform(-1, 1, 2).astype(np.float32)
+        self._id = self.np_random.integers(0, 50)
+        self._t = 0
+        return self._obs(), {"id": int(self._id)}
+
+    def step(self, action: Any) -> Any:
+        self._t += 1
+        self._pos = np.clip(self._pos + action["push"] * (int(action["move"]) - 1), -10, 10).astype(np.float32)
+        ended = self._t >= 4 + self._id % 5
+        return self._obs(), float(self._pos.sum()), ended, False, {"t": self._t}
+
+
 def single(**kwargs: Any) -> gym.Env[Any, Any]:
     return InfoCartPole(**kwargs)
 
@@ -63,6 +92,10 @@ def make(name: str, **kwargs: Any) -> Any:
         return vector(**kwargs)
     if name == "cartpole_vec":  # plain CartPole lanes, for the benchmark-like checks
         return gym.make_vec("CartPole-v1", num_envs=kwargs["num_envs"], vectorization_mode="sync")
+    if name == "dict":
+        return DictEnv()
+    if name == "dict_vec":
+        return gym.vector.SyncVectorEnv([DictEnv] * kwargs["num_envs"])
     if name == "pendulum":
         return gym.make("Pendulum-v1")
     raise KeyError(f"no scale test env called {name!r}")

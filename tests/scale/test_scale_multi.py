@@ -238,3 +238,40 @@ def test_close_closes_what_the_env_owns(serve: Any) -> None:
     assert closed == ["x"] and env.closed
     with pytest.raises(ConnectionError, match="closed"):
         env.reset()
+
+
+def test_dict_spaces_batch_and_split_like_one_vector_env(serve: Any) -> None:
+    servers = serve(("dict_vec", {"num_envs": 2}), ("dict", {}), ("dict_vec", {"num_envs": 3}))
+    env = rnp.RemoteVectorEnv.from_endpoints(_addresses(servers))
+    local = scale_envs.make("dict_vec", num_envs=6)
+    try:
+        assert env.observation_space == local.observation_space
+        assert env.action_space == local.action_space
+        assert_equal(env.reset(seed=21), local.reset(seed=21))
+        env.action_space.seed(0)
+        endings = 0
+        for _ in range(40):
+            actions = env.action_space.sample()
+            got, want = env.step(actions), local.step(actions)
+            assert_equal(got, want)
+            endings += int(want[2].sum())
+        assert endings > 6
+    finally:
+        env.close()
+        local.close()
+
+
+def test_a_request_timeout_names_the_slow_endpoint(serve: Any) -> None:
+    fast, slow = serve(("single", {}), ("single", {"sleep_at": 2}))
+    env = rnp.RemoteVectorEnv.from_endpoints([fast.address, slow.address], request_timeout=1.0)
+    try:
+        env.reset(seed=0)
+        env.step(np.zeros(2, dtype=np.int64))
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match=f"endpoint {slow.address} \\(lane 1\\): no reply within 1 s"):
+            env.step(np.zeros(2, dtype=np.int64))
+        assert time.monotonic() - started < 3
+        with pytest.raises(ConnectionError, match="unusable"):
+            env.step(np.zeros(2, dtype=np.int64))
+    finally:
+        env.close()
