@@ -19,6 +19,7 @@ import pytest
 from rlmesh import EnvServer
 from rlmesh.address import to_user_address, to_zmq_endpoint
 from rlmesh.numpy import RemoteEnv
+from rlmesh.tensor import DTYPES
 
 
 @pytest.mark.parametrize(("address", "endpoint"), [
@@ -206,7 +207,7 @@ def test_plain_client_works_without_numpy_or_torch(server_pool: Any) -> None:
     report = json.loads(done.stdout)
     assert 'pip install "rlmesh[numpy]"' in report["numpy_backend_error"]
     assert report["leaf_types"] == ["Tensor", "float", "int"]  # arrays, and 0-d arrays as primitives
-    assert set(report["dtypes"]) == set(rlmesh_dtypes())
+    assert set(report["dtypes"]) == DTYPES
     assert report["large"] == [[64, 80, 2], 64 * 80 * 2 * 8]
     assert len(report["int16_small"]) == 2 and len(report["bool_small"][0]) == 3
     assert all(isinstance(v, bool) for row in report["bool_small"] for v in row)
@@ -216,12 +217,6 @@ def test_plain_client_works_without_numpy_or_torch(server_pool: Any) -> None:
     assert report["cartpole"] == ["float32", [4], True, True]
     assert report["cartpole_step"] == 1.0
     assert report["numpy_loaded"] is False and report["gymnasium_loaded"] is False
-
-
-def rlmesh_dtypes() -> list[str]:
-    from rlmesh.tensor import DTYPES
-
-    return sorted(DTYPES)
 
 
 def test_bfloat16_without_ml_dtypes_names_the_extra() -> None:

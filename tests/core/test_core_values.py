@@ -177,7 +177,7 @@ def test_numpy_dlpack_view_is_zero_copy_and_read_only(dtype: str) -> None:
 
 def test_numpy_dlpack_copy_is_writable_and_separate() -> None:
     tensor = Tensor(np.arange(4, dtype=np.float32).tobytes(), "float32", (4,))
-    copied = np.from_dlpack(tensor, copy=True)
+    copied: Any = np.from_dlpack(tensor, copy=True)
     assert copied.flags.writeable and copied.ctypes.data != address_of(tensor.raw)
     copied += 1
     assert tensor.tolist() == [0.0, 1.0, 2.0, 3.0]
