@@ -445,10 +445,9 @@ class MultiEndpointVectorEnvBase(Generic[ValueT, ActionT]):
         if endpoint.vector:
             endpoint.obs = obs
             return
-        from gymnasium.vector.utils import concatenate, create_empty_array
+        from rlmesh.gym_spaces import stack
 
-        space = self._gym_single_obs
-        endpoint.obs = concatenate(space, [obs], create_empty_array(space, n=1))
+        endpoint.obs = stack(self._gym_single_obs, [obs], 1)
 
     def _observations(self) -> Any:
         return _concat(self._gym_single_obs, [e.obs for e in self._endpoints])

@@ -36,7 +36,11 @@ def _unavailable(config: EngineConfig, reason: str) -> None:
 _drivers: dict[str, RuntimeDriver] = {}
 
 
-@pytest.fixture(scope="session", params=engine_configs(), ids=lambda c: c.id)
+#: Container engines only: the ray driver places servers on a cluster and has tests/scale.
+CONTAINER_CONFIGS = [c for c in engine_configs() if c.driver in ("docker", "podman", "cli")]
+
+
+@pytest.fixture(scope="session", params=CONTAINER_CONFIGS, ids=lambda c: c.id)
 def sandbox_engine(request: pytest.FixtureRequest) -> EngineConfig:
     return request.param  # type: ignore[no-any-return]
 
