@@ -35,6 +35,10 @@ _DTYPE_NAMES: Final = tuple(sorted(DTYPES))
 _DTYPE_CODES: Final = {name: i for i, name in enumerate(_DTYPE_NAMES)}
 _TENSOR_HEAD: Final = struct.Struct("<BB")
 _FRAME_INDEX: Final = struct.Struct("<I")
+_DIMS: Final = tuple(struct.Struct(f"<{ndim}Q") for ndim in range(65))  # NumPy allows 64 dims
+# Every step sends the same few (dtype, shape) pairs: keep their packed heads.
+_HEADS: dict[tuple[str, tuple[int, ...]], bytes] = {}
+_HEADS_LIMIT: Final = 4096
 
 #: Builds a backend value from (dtype, shape, bytes-like) of one decoded tensor.
 TensorFactory = Callable[[str, tuple[int, ...], Any], Any]
@@ -102,14 +106,34 @@ def _torch_leaf(value: Any) -> tuple[str, tuple[int, ...], Any] | Any:
     return name, tuple(value.shape), ctypes.string_at(value.data_ptr(), nbytes) if nbytes else b""
 
 
+# Array and scalar types already recognised, so later values of that type skip the search.
+_LEAF_SPLITTERS: dict[type, Callable[[Any], Any]] = {}
+
+
 def _array_leaf(value: Any) -> tuple[str, tuple[int, ...], Any] | Any | None:
     """Recognise NumPy and Torch values without importing either; None when neither."""
     module = type(value).__module__
     if module == "numpy" or module.startswith("ml_dtypes"):
-        return _numpy_leaf(value)
-    if module.startswith("torch") and hasattr(value, "data_ptr"):
-        return _torch_leaf(value)
-    return None
+        split: Callable[[Any], Any] = _numpy_leaf
+    elif module.startswith("torch") and hasattr(value, "data_ptr"):
+        split = _torch_leaf
+    else:
+        return None
+    _LEAF_SPLITTERS[type(value)] = split
+    return split(value)
+
+
+def _tensor_head(dtype: str, shape: tuple[int, ...]) -> bytes:
+    key = (dtype, shape)
+    head = _HEADS.get(key)
+    if head is None:
+        if len(shape) >= len(_DIMS):
+            raise TypeError(f"cannot send an array with {len(shape)} dimensions")
+        head = _TENSOR_HEAD.pack(_DTYPE_CODES[dtype], len(shape)) + _DIMS[len(shape)].pack(*shape)
+        if len(_HEADS) >= _HEADS_LIMIT:
+            _HEADS.clear()
+        _HEADS[key] = head
+    return head
 
 
 def encode(value: Any, *, lenient: bool = False) -> list[Any]:
@@ -121,13 +145,23 @@ def encode(value: Any, *, lenient: bool = False) -> list[Any]:
     frames: list[Any] = [b""]
 
     def tensor_ext(dtype: str, shape: tuple[int, ...], buffer: Any) -> msgpack.ExtType:
-        head = _TENSOR_HEAD.pack(_DTYPE_CODES[dtype], len(shape)) + struct.pack(f"<{len(shape)}Q", *shape)
+        head = _tensor_head(dtype, shape)
         if len(buffer) >= INLINE_LIMIT:
             frames.append(buffer)
             return msgpack.ExtType(_EXT_TENSOR_FRAME, head + _FRAME_INDEX.pack(len(frames) - 1))
         return msgpack.ExtType(_EXT_TENSOR_INLINE, head + bytes(buffer))
 
+    def leaf_value(leaf: Any) -> Any:
+        if type(leaf) is tuple:
+            return tensor_ext(*leaf)
+        if type(leaf) is ObjectArray:
+            return msgpack.ExtType(_EXT_OBJECT_ARRAY, packer([leaf.shape, leaf.items]))
+        return leaf  # a scalar array as a primitive
+
     def default(obj: Any) -> Any:
+        split = _LEAF_SPLITTERS.get(type(obj))
+        if split is not None:  # the common case: an array type seen before
+            return leaf_value(split(obj))
         if isinstance(obj, Tensor):
             return tensor_ext(obj.dtype, obj.shape, obj.raw)
         if isinstance(obj, tuple):
@@ -144,12 +178,8 @@ def encode(value: Any, *, lenient: bool = False) -> list[Any]:
         if isinstance(obj, (bytearray, memoryview)):
             return bytes(obj)
         leaf = _array_leaf(obj)
-        if isinstance(leaf, ObjectArray):
-            return msgpack.ExtType(_EXT_OBJECT_ARRAY, packer([leaf.shape, leaf.items]))
-        if isinstance(leaf, tuple):
-            return tensor_ext(*leaf)
         if leaf is not None:
-            return leaf
+            return leaf_value(leaf)
         if lenient:
             return repr(obj)
         raise TypeError(
@@ -190,8 +220,10 @@ def decode(frames: Sequence[Any], tensor_factory: TensorFactory | None = None,
             dtype_code, ndim = _TENSOR_HEAD.unpack_from(data)
             if dtype_code >= len(_DTYPE_NAMES):
                 raise ProtocolError(f"unknown tensor dtype code {dtype_code}")
+            if ndim >= len(_DIMS):
+                raise ProtocolError(f"tensor with {ndim} dimensions")
             start = _TENSOR_HEAD.size + 8 * ndim
-            shape = struct.unpack_from(f"<{ndim}Q", data, _TENSOR_HEAD.size)
+            shape = _DIMS[ndim].unpack_from(data, _TENSOR_HEAD.size)
             payload: Any = memoryview(data)[start:]
             if code == _EXT_TENSOR_FRAME:
                 (index,) = _FRAME_INDEX.unpack_from(data, start)

@@ -26,13 +26,13 @@ from rlmesh.errors import (
     ServerBusyError,
     VersionMismatchError,
 )
-from rlmesh.protocol import PROTOCOL_GENERATION, ErrorKind, Request
+from rlmesh.protocol import PROTOCOL_GENERATION, ErrorKind, Request, send_frames
 
 __all__ = ["Connection"]
 
 log = logging.getLogger(__name__)
 
-_SLICE_MS = 100  # how often a waiting request looks at the connection monitor
+_SLICE_MS = 100  # how often a waiting request looks at the connection monitor and deadline
 _ZMTP_HEARTBEAT_MS = 1000
 _ZMTP_TIMEOUT_MS = 10000
 
@@ -94,6 +94,7 @@ class Connection:
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.HEARTBEAT_IVL, _ZMTP_HEARTBEAT_MS)
         socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, _ZMTP_TIMEOUT_MS)
+        socket.setsockopt(zmq.RCVTIMEO, _SLICE_MS)
         if "[" in endpoint:
             socket.setsockopt(zmq.IPV6, 1)
         return socket
@@ -142,27 +143,28 @@ class Connection:
             raise ConnectionError(self._broken)
         self._request_id += 1
         self._pending_kind = kind
-        self._socket.send_multipart(codec.encode([kind, self._request_id, self._session, payload]), copy=False)
+        send_frames(self._socket, codec.encode([kind, self._request_id, self._session, payload]))
         return self._request_id
 
     def receive(self, request_id: int, *, timeout: float | None = None, connecting: bool = False) -> Any:
         """Wait for the reply to ``request_id`` and return its payload (or raise its error)."""
         wait = self.request_timeout if timeout is None else timeout
         deadline = None if wait is None else time.monotonic() + wait
+        socket = self._socket
         while True:
-            slice_ms = _SLICE_MS
-            if deadline is not None:
-                slice_ms = max(0, min(slice_ms, int((deadline - time.monotonic()) * 1000)))
-            if self._socket.poll(slice_ms, zmq.POLLIN):
-                done, result = self.poll_reply(request_id)
-                if done:
-                    return result
+            # Blocking receives of at most _SLICE_MS each: between them, look at the monitor.
+            try:
+                frames = socket.recv_multipart(copy=False)
+            except zmq.Again:
+                self._check_monitor(connecting)
+                if deadline is not None and time.monotonic() >= deadline:
+                    if not connecting:
+                        self.mark_timed_out(wait or 0.0)
+                    raise TimeoutError(self._broken or f"no reply from {self.address}") from None
                 continue
-            self._check_monitor(connecting)
-            if wait is not None and deadline is not None and time.monotonic() >= deadline:
-                if not connecting:
-                    self.mark_timed_out(wait)
-                raise TimeoutError(self._broken or f"no reply from {self.address}")
+            done, result = self._reply_to(request_id, frames)
+            if done:
+                return result
 
     def poll_reply(self, request_id: int) -> tuple[bool, Any]:
         """Read what has arrived without blocking: ``(True, payload)`` once the reply to
@@ -172,16 +174,22 @@ class Connection:
                 frames = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return False, None
-            reply = codec.decode([frames[0].bytes, *(f.buffer for f in frames[1:])],
-                                 self._tensor_factory, self._object_array)
-            if not isinstance(reply, list) or len(reply) != 3:
-                raise ProtocolError(f"malformed reply from {self.address}")
-            status, reply_id, result = reply
-            if reply_id != request_id and reply_id != -1:
-                continue  # a late reply to a request that timed out or was abandoned earlier
-            if status == "ok":
+            done, result = self._reply_to(request_id, frames)
+            if done:
                 return True, result
-            raise self._error(result)
+
+    def _reply_to(self, request_id: int, frames: list[zmq.Frame]) -> tuple[bool, Any]:
+        """Decode one reply: ``(True, payload)`` if it answers ``request_id``; errors raise."""
+        reply = codec.decode([frames[0].bytes, *(f.buffer for f in frames[1:])],
+                             self._tensor_factory, self._object_array)
+        if not isinstance(reply, list) or len(reply) != 3:
+            raise ProtocolError(f"malformed reply from {self.address}")
+        status, reply_id, result = reply
+        if reply_id != request_id and reply_id != -1:
+            return False, None  # a late reply to a request that timed out or was abandoned earlier
+        if status == "ok":
+            return True, result
+        raise self._error(result)
 
     def check_alive(self) -> None:
         """Raise ``ConnectionError`` if the monitor saw the server drop the connection."""

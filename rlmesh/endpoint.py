@@ -24,7 +24,7 @@ from rlmesh import codec
 from rlmesh._version import __version__
 from rlmesh.address import to_user_address, to_zmq_endpoint
 from rlmesh.errors import ProtocolError
-from rlmesh.protocol import PROTOCOL_GENERATION, ErrorKind, Request
+from rlmesh.protocol import PROTOCOL_GENERATION, ErrorKind, Request, send_frames
 
 __all__ = ["Endpoint", "ErrorReply"]
 
@@ -93,9 +93,10 @@ class Endpoint:
             self._socket.close()
             raise OSError(f"cannot listen on {to_user_address(endpoint)}: {exc}") from exc
         self._endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        # shutdown() wakes the blocked receive through a second, in-process address.
         self._wake_endpoint = f"inproc://rlmesh-wake-{uuid.uuid4().hex}"
-        self._wake = self._context.socket(zmq.PAIR)
-        self._wake.bind(self._wake_endpoint)
+        self._socket.bind(self._wake_endpoint)
+        self._socket.setsockopt(zmq.RCVTIMEO, _POLL_MS)
         self._session: str | None = None
         self._last_seen = time.monotonic()
         self._stop = threading.Event()
@@ -150,12 +151,12 @@ class Endpoint:
         if self._thread is None:
             self._cleanup()
             return
-        waker = self._context.socket(zmq.PAIR)
+        waker = self._context.socket(zmq.DEALER)
         waker.setsockopt(zmq.LINGER, 0)
-        waker.connect(self._wake_endpoint)
         try:
+            waker.connect(self._wake_endpoint)
             waker.send(b"", zmq.NOBLOCK)
-        except zmq.Again:  # nobody listens: the loop saw _stop on its own and closed the wake socket
+        except zmq.ZMQError:  # the loop saw _stop on its own and closed the socket already
             pass
         waker.close()
         if self._thread is not threading.current_thread():
@@ -175,7 +176,6 @@ class Endpoint:
             return
         self._closed = True
         self._socket.close(linger=0)
-        self._wake.close(linger=0)
         if self._endpoint.startswith("ipc://"):
             try:
                 os.unlink(self._endpoint[len("ipc://"):])
@@ -187,16 +187,18 @@ class Endpoint:
     # --- loop -----------------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self._socket, zmq.POLLIN)
-        poller.register(self._wake, zmq.POLLIN)
+        socket = self._socket
         started = time.monotonic()
         while not self._stop.is_set():
-            ready = dict(poller.poll(_POLL_MS))
-            if self._socket in ready:
-                # Drain what is queued; asking EVENTS is cheaper than a receive that raises Again.
-                while self._socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    self._handle(self._socket.recv_multipart(copy=False))
+            # A blocking receive with a timeout: no poller, no extra system calls per request.
+            try:
+                frames = socket.recv_multipart(copy=False)
+            except zmq.Again:
+                frames = None
+            if self._stop.is_set():
+                return
+            if frames is not None:
+                self._handle(frames)
             now = time.monotonic()
             if self._session is not None and now - self._last_seen > self.session_timeout:
                 log.warning("client %s sent nothing for %.0f s; detaching it", self._session[:8],
@@ -247,7 +249,7 @@ class Endpoint:
             log.warning("reply not encodable (%s); sending unencodable values as their repr", exc)
             frames = codec.encode(message, lenient=True)
         try:
-            self._socket.send_multipart([identity, *frames], copy=False)
+            send_frames(self._socket, [identity, *frames])
         except zmq.ZMQError as exc:  # the peer vanished between request and reply
             log.debug("could not reply to a vanished client: %s", exc)
 

@@ -15,13 +15,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import zmq
+
 from rlmesh.errors import ProtocolError
 from rlmesh.spaces import SpaceSpec, spec_from_wire, spec_to_wire
 
-__all__ = ["PROTOCOL_GENERATION", "EnvContract", "Request", "ErrorKind"]
+__all__ = ["PROTOCOL_GENERATION", "EnvContract", "Request", "ErrorKind", "send_frames"]
 
 #: Bumped whenever the wire format changes incompatibly.
 PROTOCOL_GENERATION: Final = 1
+
+
+# Plain ints: pyzmq's flag enums cost a few microseconds per operation, on every step.
+_SNDMORE: Final = int(zmq.SNDMORE)
+
+
+def send_frames(socket: zmq.Socket[Any], frames: list[Any]) -> None:
+    """Send one multipart message; frames of 64 KiB and more go without a copy."""
+    last = len(frames) - 1
+    for index, frame in enumerate(frames):
+        socket.send(frame, _SNDMORE if index < last else 0, copy=False)
 
 
 class Request:

@@ -170,8 +170,13 @@ class EnvServer(Endpoint):
 
 
 def _action_checker(space: Any) -> Callable[[Any], bool]:
-    """A membership test for actions; Discrete's common case skips Gymnasium's generic check."""
-    if type(space).__name__ == "Discrete" and hasattr(space, "start"):
+    """A membership test for actions, run on every step.
+
+    Discrete, MultiDiscrete and MultiBinary actions in their usual form (an int, an integer
+    array of the right shape) take a short path; anything else gets Gymnasium's ``contains``.
+    """
+    kind = type(space).__name__
+    if kind == "Discrete" and hasattr(space, "start"):
         low, high = int(space.start), int(space.start + space.n)
 
         def discrete(action: Any) -> bool:
@@ -180,6 +185,21 @@ def _action_checker(space: Any) -> Callable[[Any], bool]:
             return _contains(space, action)
 
         return discrete
+    if kind in ("MultiDiscrete", "MultiBinary") and hasattr(space, "shape"):
+        import numpy as np
+
+        if kind == "MultiDiscrete":
+            first, stop = np.asarray(space.start), np.asarray(space.start + space.nvec)
+        else:
+            first, stop = np.zeros(space.shape, np.int64), np.full(space.shape, 2, np.int64)
+        shape = tuple(space.shape)
+
+        def integer_array(action: Any) -> bool:
+            if type(action) is np.ndarray and action.shape == shape and action.dtype.kind in "iu":
+                return bool(((action >= first) & (action < stop)).all())
+            return _contains(space, action)
+
+        return integer_array
     return lambda action: _contains(space, action)
 
 

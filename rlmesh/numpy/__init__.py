@@ -56,7 +56,17 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
 
+_DTYPES: dict[str, Any] = {}
+
+
 def _numpy_dtype(name: str) -> Any:
+    dtype = _DTYPES.get(name)
+    if dtype is None:
+        dtype = _DTYPES[name] = _load_dtype(name)
+    return dtype
+
+
+def _load_dtype(name: str) -> Any:
     if name != "bfloat16":
         return np.dtype(name)
     try:

@@ -47,8 +47,11 @@ def test_vector_actions_of_the_wrong_count_are_rejected(server_pool: Any, client
     env.reset(seed=0)
     with pytest.raises(ValueError, match="got 2 actions for 3 environments"):
         env.step([0, 1])
-    with pytest.raises(ValueError, match="MultiDiscrete"):
-        env.step(np.array([0, 1, 5]))
+    for bad in (np.array([0, 1, 5]), np.array([0, -1, 1]), np.array([[0, 1, 1]]),
+                np.array([0.0, 1.0, 1.0]), np.array([0, 1], np.uint8)):
+        with pytest.raises(ValueError, match="MultiDiscrete"):
+            env.step(bad)
+    assert env.step(np.array([1, 0, 1], np.uint8))[0].shape == (3, 4)
     assert env.step(np.array([0, 1, 1]))[0].shape == (3, 4)
 
 
