@@ -26,7 +26,8 @@ from rlmesh import EnvServer
 from rlmesh.numpy import RemoteEnv, SandboxEnv
 from rlmesh.runtime import ImageRecipe, get_driver
 
-PACKAGES = ["gymnasium==1.3.0"]
+# The same Gymnasium as the local server, so both sides step the same CartPole code.
+PACKAGES = [f"gymnasium=={gymnasium.__version__}"]
 
 
 def _serve(queue: Any) -> None:

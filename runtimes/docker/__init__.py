@@ -38,6 +38,7 @@ from rlmesh.runtime.driver import (
     RunSpec,
     RuntimeDriver,
 )
+from rlmesh.runtime.addresses import container_addresses
 from rlmesh.runtime.labels import MANAGED, with_owner_labels
 
 __all__ = ["DockerDriver"]
@@ -137,12 +138,15 @@ class DockerDriver(RuntimeDriver):
             info = self._engine_info()
         except RuntimeDriverError as exc:
             return Availability(False, reason=str(exc))
-        rootless = any("rootless" in opt for opt in info.get("SecurityOptions") or ())
         return Availability(
             True,
             version=f"docker {version.get('Version', '?')} (API {version.get('ApiVersion', '?')})",
-            rootless=rootless,
+            rootless=self._rootless(info),
         )
+
+    @staticmethod
+    def _rootless(info: Mapping[str, Any]) -> bool:
+        return any("rootless" in opt for opt in info.get("SecurityOptions") or ())
 
     @property
     def supports_gpus(self) -> bool:
@@ -296,22 +300,10 @@ class DockerDriver(RuntimeDriver):
         return ContainerHandle(id=str(container.id), addresses=addresses, driver=self.name)
 
     def _addresses(self, attrs: Mapping[str, Any], ports: Sequence[int]) -> dict[int, str]:
-        bound = (attrs.get("NetworkSettings") or {}).get("Ports") or {}
-        addresses: dict[int, str] = {}
-        for port in ports:
-            bindings = bound.get(f"{port}/tcp") or []
-            if not bindings:
-                state = attrs.get("State") or {}
-                raise ContainerError(
-                    f"docker: container {str(attrs.get('Id', ''))[:12]} has no host port for {port}/tcp "
-                    f"(state {state.get('Status')!r}, exit code {state.get('ExitCode')}); "
-                    "it probably exited at once, see its logs.",
-                    exit_code=state.get("ExitCode"),
-                    logs=self.logs(str(attrs.get("Id", "")), tail=_LOG_TAIL),
-                )
-            host_ip = bindings[0].get("HostIp") or "127.0.0.1"
-            addresses[port] = f"tcp://{host_ip}:{bindings[0]['HostPort']}"
-        return addresses
+        container_id = str(attrs.get("Id", ""))
+        return container_addresses(attrs, ports, engine="docker",
+                                   logs=lambda: self.logs(container_id, tail=_LOG_TAIL),
+                                   try_bridge=not self._rootless(self._engine_info()))
 
     def _container(self, container_id: str) -> Any:
         try:

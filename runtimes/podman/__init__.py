@@ -38,6 +38,7 @@ from rlmesh.runtime.driver import (
     RunSpec,
     RuntimeDriver,
 )
+from rlmesh.runtime.addresses import container_addresses
 from rlmesh.runtime.labels import with_owner_labels
 
 __all__ = ["PodmanDriver", "default_socket"]
@@ -322,22 +323,10 @@ class PodmanDriver(RuntimeDriver):
             raise
 
     def _addresses(self, attrs: Mapping[str, Any], ports: Sequence[int]) -> dict[int, str]:
-        bound = (attrs.get("NetworkSettings") or {}).get("Ports") or {}
-        addresses: dict[int, str] = {}
-        for port in ports:
-            bindings = bound.get(f"{port}/tcp") or []
-            if not bindings:
-                state = attrs.get("State") or {}
-                raise ContainerError(
-                    f"podman: container {str(attrs.get('Id', ''))[:12]} has no host port for "
-                    f"{port}/tcp (state {state.get('Status')!r}, exit code {state.get('ExitCode')}); "
-                    "it probably exited at once, see its logs.",
-                    exit_code=state.get("ExitCode"),
-                    logs=self.logs(str(attrs.get("Id", "")), tail=_LOG_TAIL),
-                )
-            host_ip = bindings[0].get("HostIp") or "127.0.0.1"
-            addresses[port] = f"tcp://{host_ip}:{bindings[0]['HostPort']}"
-        return addresses
+        container_id = str(attrs.get("Id", ""))
+        return container_addresses(attrs, ports, engine="podman",
+                                   logs=lambda: self.logs(container_id, tail=_LOG_TAIL),
+                                   try_bridge=not self._rootless(self._engine_info()))
 
     def _container(self, container_id: str) -> Any:
         try:
