@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import struct
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -136,36 +137,74 @@ def _tensor_head(dtype: str, shape: tuple[int, ...]) -> bytes:
     return head
 
 
-def encode(value: Any, *, lenient: bool = False) -> list[Any]:
-    """Encode ``value`` into frames: ``[header, *raw_frames]``.
+def _copying_factory(dtype: str, shape: tuple[int, ...], buffer: Any) -> Tensor:
+    # Tensors from inline bytes already own their data; frame buffers stay zero-copy views.
+    return Tensor(buffer, dtype, shape)
 
-    With ``lenient=True`` values that cannot be encoded become their ``repr`` (used for
-    free-form metadata); otherwise they raise ``TypeError`` naming the type.
+
+class _Encoder:
+    """One thread's msgpack packers, kept between messages.
+
+    A packer per message, and closures per message, cost more than packing a small step reply;
+    reusing them also keeps the garbage collector out of the hot path. Packers are not
+    re-entrant and tuples nest, so there is one packer per nesting depth.
     """
-    frames: list[Any] = [b""]
 
-    def tensor_ext(dtype: str, shape: tuple[int, ...], buffer: Any) -> msgpack.ExtType:
+    __slots__ = ("frames", "lenient", "depth", "packers")
+
+    def __init__(self) -> None:
+        self.frames: list[Any] = []
+        self.lenient = False
+        self.depth = 0
+        self.packers: list[Any] = []
+
+    def encode(self, value: Any, lenient: bool) -> list[Any]:
+        self.frames = frames = [b""]
+        self.lenient = lenient
+        try:
+            frames[0] = self.pack(value)
+        finally:
+            self.frames = []  # don't keep the caller's arrays alive until the next message
+        return frames
+
+    def pack(self, obj: Any) -> bytes:
+        depth = self.depth
+        if depth == len(self.packers):
+            self.packers.append(msgpack.Packer(default=self.default, strict_types=True, use_bin_type=True))
+        packer = self.packers[depth]
+        self.depth = depth + 1
+        try:
+            packed: bytes = packer.pack(obj)
+            return packed
+        except BaseException:
+            packer.reset()  # drop what a failed message left in the buffer
+            raise
+        finally:
+            self.depth = depth
+
+    def tensor_ext(self, dtype: str, shape: tuple[int, ...], buffer: Any) -> msgpack.ExtType:
         head = _tensor_head(dtype, shape)
         if len(buffer) >= INLINE_LIMIT:
+            frames = self.frames
             frames.append(buffer)
             return msgpack.ExtType(_EXT_TENSOR_FRAME, head + _FRAME_INDEX.pack(len(frames) - 1))
         return msgpack.ExtType(_EXT_TENSOR_INLINE, head + bytes(buffer))
 
-    def leaf_value(leaf: Any) -> Any:
+    def leaf_value(self, leaf: Any) -> Any:
         if type(leaf) is tuple:
-            return tensor_ext(*leaf)
+            return self.tensor_ext(*leaf)
         if type(leaf) is ObjectArray:
-            return msgpack.ExtType(_EXT_OBJECT_ARRAY, packer([leaf.shape, leaf.items]))
+            return msgpack.ExtType(_EXT_OBJECT_ARRAY, self.pack([leaf.shape, leaf.items]))
         return leaf  # a scalar array as a primitive
 
-    def default(obj: Any) -> Any:
+    def default(self, obj: Any) -> Any:
         split = _LEAF_SPLITTERS.get(type(obj))
         if split is not None:  # the common case: an array type seen before
-            return leaf_value(split(obj))
+            return self.leaf_value(split(obj))
         if isinstance(obj, Tensor):
-            return tensor_ext(obj.dtype, obj.shape, obj.raw)
+            return self.tensor_ext(obj.dtype, obj.shape, obj.raw)
         if isinstance(obj, tuple):
-            return msgpack.ExtType(_EXT_TUPLE, packer(list(obj)))
+            return msgpack.ExtType(_EXT_TUPLE, self.pack(list(obj)))
         if isinstance(obj, enum.Enum):
             return obj.value
         if isinstance(obj, dict):
@@ -179,43 +218,41 @@ def encode(value: Any, *, lenient: bool = False) -> list[Any]:
             return bytes(obj)
         leaf = _array_leaf(obj)
         if leaf is not None:
-            return leaf_value(leaf)
-        if lenient:
+            return self.leaf_value(leaf)
+        if self.lenient:
             return repr(obj)
         raise TypeError(
             f"cannot send a value of type {type(obj).__module__}.{type(obj).__qualname__}; "
             "rlmesh sends None, bool, int, float, str, bytes, lists, tuples, dicts and arrays"
         )
 
-    def packer(obj: Any) -> bytes:
-        # A fresh packer per call: msgpack packers are not re-entrant, and tuples nest.
-        packed: bytes = msgpack.packb(obj, default=default, strict_types=True, use_bin_type=True)
-        return packed
 
-    frames[0] = packer(value)
-    return frames
+class _Decoder:
+    """One thread's decoding state; the extension hook is bound once, not per message."""
 
+    __slots__ = ("frames", "make_tensor", "object_array", "ext_hook", "busy")
 
-def _copying_factory(dtype: str, shape: tuple[int, ...], buffer: Any) -> Tensor:
-    # Tensors from inline bytes already own their data; frame buffers stay zero-copy views.
-    return Tensor(buffer, dtype, shape)
+    def __init__(self) -> None:
+        self.frames: Sequence[Any] = ()
+        self.make_tensor: TensorFactory = _copying_factory
+        self.object_array: Callable[[ObjectArray], Any] | None = None
+        self.ext_hook = self.extension
+        self.busy = False
 
+    def decode(self, frames: Sequence[Any], make_tensor: TensorFactory,
+               object_array: Callable[[ObjectArray], Any] | None) -> Any:
+        self.frames, self.make_tensor, self.object_array = frames, make_tensor, object_array
+        self.busy = True
+        try:
+            return self.unpack(frames[0])
+        finally:
+            self.frames, self.object_array, self.busy = (), None, False
 
-def decode(frames: Sequence[Any], tensor_factory: TensorFactory | None = None,
-           object_array: Callable[[ObjectArray], Any] | None = None) -> Any:
-    """Decode ``[header, *raw_frames]``; tensors are built by ``tensor_factory``.
+    def unpack(self, data: bytes) -> Any:
+        return msgpack.unpackb(data, ext_hook=self.ext_hook, strict_map_key=False, raw=False,
+                               use_list=True)
 
-    Raises :class:`ProtocolError` on anything malformed, never another exception type.
-    """
-    make_tensor = tensor_factory or _copying_factory
-
-    def ext_hook(code: int, data: bytes) -> Any:
-        if code == _EXT_TUPLE:
-            return tuple(unpack(data))
-        if code == _EXT_OBJECT_ARRAY:
-            shape, items = unpack(data)
-            array = ObjectArray(tuple(shape), items)
-            return object_array(array) if object_array else array
+    def extension(self, code: int, data: bytes) -> Any:
         if code in (_EXT_TENSOR_INLINE, _EXT_TENSOR_FRAME):
             dtype_code, ndim = _TENSOR_HEAD.unpack_from(data)
             if dtype_code >= len(_DTYPE_NAMES):
@@ -227,20 +264,54 @@ def decode(frames: Sequence[Any], tensor_factory: TensorFactory | None = None,
             payload: Any = memoryview(data)[start:]
             if code == _EXT_TENSOR_FRAME:
                 (index,) = _FRAME_INDEX.unpack_from(data, start)
+                frames = self.frames
                 if not 0 < index < len(frames):
                     raise ProtocolError("tensor refers to a missing frame")
                 payload = frames[index]
-            return make_tensor(_DTYPE_NAMES[dtype_code], shape, payload)
+            return self.make_tensor(_DTYPE_NAMES[dtype_code], shape, payload)
+        if code == _EXT_TUPLE:
+            return tuple(self.unpack(data))
+        if code == _EXT_OBJECT_ARRAY:
+            shape, items = self.unpack(data)
+            array = ObjectArray(tuple(shape), items)
+            return self.object_array(array) if self.object_array else array
         raise ProtocolError(f"unknown extension type {code}")
 
-    def unpack(data: bytes) -> Any:
-        return msgpack.unpackb(data, ext_hook=ext_hook, strict_map_key=False, raw=False,
-                               use_list=True)
 
+_per_thread = threading.local()
+
+
+def encode(value: Any, *, lenient: bool = False) -> list[Any]:
+    """Encode ``value`` into frames: ``[header, *raw_frames]``.
+
+    With ``lenient=True`` values that cannot be encoded become their ``repr`` (used for
+    free-form metadata); otherwise they raise ``TypeError`` naming the type.
+    """
+    try:
+        encoder: _Encoder = _per_thread.encoder
+    except AttributeError:
+        encoder = _per_thread.encoder = _Encoder()
+    if encoder.depth:  # called again while encoding (from a value's own hook): start afresh
+        encoder = _Encoder()
+    return encoder.encode(value, lenient)
+
+
+def decode(frames: Sequence[Any], tensor_factory: TensorFactory | None = None,
+           object_array: Callable[[ObjectArray], Any] | None = None) -> Any:
+    """Decode ``[header, *raw_frames]``; tensors are built by ``tensor_factory``.
+
+    Raises :class:`ProtocolError` on anything malformed, never another exception type.
+    """
     if not frames:
         raise ProtocolError("empty message")
     try:
-        return unpack(frames[0])
+        decoder: _Decoder = _per_thread.decoder
+    except AttributeError:
+        decoder = _per_thread.decoder = _Decoder()
+    if decoder.busy:  # a tensor factory decoding in turn: use a fresh decoder
+        decoder = _Decoder()
+    try:
+        return decoder.decode(frames, tensor_factory or _copying_factory, object_array)
     except ProtocolError:
         raise
     except Exception as exc:  # msgpack raises many types for garbage input

@@ -26,13 +26,21 @@ from rlmesh.errors import (
     ServerBusyError,
     VersionMismatchError,
 )
-from rlmesh.protocol import PROTOCOL_GENERATION, ErrorKind, Request, send_frames
+from rlmesh.protocol import (
+    PROTOCOL_GENERATION,
+    ErrorKind,
+    Request,
+    frame_contents,
+    recv_frames,
+    send_frames,
+)
 
 __all__ = ["Connection"]
 
 log = logging.getLogger(__name__)
 
 _SLICE_MS = 100  # how often a waiting request looks at the connection monitor and deadline
+_NOBLOCK = int(zmq.NOBLOCK)
 _ZMTP_HEARTBEAT_MS = 1000
 _ZMTP_TIMEOUT_MS = 10000
 
@@ -154,7 +162,7 @@ class Connection:
         while True:
             # Blocking receives of at most _SLICE_MS each: between them, look at the monitor.
             try:
-                frames = socket.recv_multipart(copy=False)
+                frames = recv_frames(socket)
             except zmq.Again:
                 self._check_monitor(connecting)
                 if deadline is not None and time.monotonic() >= deadline:
@@ -171,7 +179,7 @@ class Connection:
         ``request_id`` is in, else ``(False, None)``; an error reply raises its exception."""
         while True:
             try:
-                frames = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = recv_frames(self._socket, _NOBLOCK)
             except zmq.Again:
                 return False, None
             done, result = self._reply_to(request_id, frames)
@@ -180,8 +188,7 @@ class Connection:
 
     def _reply_to(self, request_id: int, frames: list[zmq.Frame]) -> tuple[bool, Any]:
         """Decode one reply: ``(True, payload)`` if it answers ``request_id``; errors raise."""
-        reply = codec.decode([frames[0].bytes, *(f.buffer for f in frames[1:])],
-                             self._tensor_factory, self._object_array)
+        reply = codec.decode(frame_contents(frames), self._tensor_factory, self._object_array)
         if not isinstance(reply, list) or len(reply) != 3:
             raise ProtocolError(f"malformed reply from {self.address}")
         status, reply_id, result = reply

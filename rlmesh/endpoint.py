@@ -24,7 +24,14 @@ from rlmesh import codec
 from rlmesh._version import __version__
 from rlmesh.address import to_user_address, to_zmq_endpoint
 from rlmesh.errors import ProtocolError
-from rlmesh.protocol import PROTOCOL_GENERATION, ErrorKind, Request, send_frames
+from rlmesh.protocol import (
+    PROTOCOL_GENERATION,
+    ErrorKind,
+    Request,
+    frame_contents,
+    recv_frames,
+    send_frames,
+)
 
 __all__ = ["Endpoint", "ErrorReply"]
 
@@ -192,7 +199,7 @@ class Endpoint:
         while not self._stop.is_set():
             # A blocking receive with a timeout: no poller, no extra system calls per request.
             try:
-                frames = socket.recv_multipart(copy=False)
+                frames = recv_frames(socket)
             except zmq.Again:
                 frames = None
             if self._stop.is_set():
@@ -216,8 +223,7 @@ class Endpoint:
         identity = frames[0].bytes
         request_id = -1
         try:
-            request = codec.decode([frames[1].bytes, *(f.buffer for f in frames[2:])],
-                                   self._tensor_factory, self._object_array)
+            request = codec.decode(frame_contents(frames[1:]), self._tensor_factory, self._object_array)
             if not isinstance(request, list) or len(request) != 4 or not isinstance(request[0], str):
                 raise ProtocolError("request must be [kind, request_id, session, payload]")
             kind, request_id, session, payload = request

@@ -20,7 +20,8 @@ import zmq
 from rlmesh.errors import ProtocolError
 from rlmesh.spaces import SpaceSpec, spec_from_wire, spec_to_wire
 
-__all__ = ["PROTOCOL_GENERATION", "EnvContract", "Request", "ErrorKind", "send_frames"]
+__all__ = ["PROTOCOL_GENERATION", "EnvContract", "Request", "ErrorKind", "send_frames", "recv_frames",
+           "frame_contents"]
 
 #: Bumped whenever the wire format changes incompatibly.
 PROTOCOL_GENERATION: Final = 1
@@ -35,6 +36,27 @@ def send_frames(socket: zmq.Socket[Any], frames: list[Any]) -> None:
     last = len(frames) - 1
     for index, frame in enumerate(frames):
         socket.send(frame, _SNDMORE if index < last else 0, copy=False)
+
+
+def recv_frames(socket: zmq.Socket[Any], flags: int = 0) -> list[zmq.Frame]:
+    """Receive one multipart message without copying its frames.
+
+    pyzmq's ``recv_multipart`` asks ``RCVMORE`` through an enum conversion per frame; each
+    frame already knows whether more follow.
+    """
+    frame = socket.recv(flags, copy=False)
+    frames = [frame]
+    while frame.more:
+        frame = socket.recv(flags, copy=False)
+        frames.append(frame)
+    return frames
+
+
+def frame_contents(frames: list[zmq.Frame]) -> list[Any]:
+    """What the codec decodes: the header as bytes, raw array frames as writable buffers."""
+    if len(frames) == 1:
+        return [frames[0].bytes]
+    return [frames[0].bytes, *[frame.buffer for frame in frames[1:]]]
 
 
 class Request:
