@@ -82,8 +82,8 @@ def _numpy_leaf(value: Any) -> tuple[str, tuple[int, ...], Any] | Any:
             raw = value.tobytes()  # C order copy; bfloat16 arrays are rarely large on the wire
             return name, value.shape, raw
         _NATIVE_NUMPY_DTYPES[value.dtype] = name
-    if not value.size:
-        return name, value.shape, b""
+    if value.nbytes < INLINE_LIMIT:  # inlined in the header, so copied anyway: copy in C order now
+        return name, value.shape, value.tobytes()
     try:
         raw = memoryview(value).cast("B")
     except TypeError:  # not C-contiguous

@@ -38,14 +38,13 @@ def container_addresses(
     Raises :class:`ContainerError` (with the container's log tail) when a port was not
     published, which means the container exited at once.
     """
-    published = _published(attrs, ports, engine=engine, logs=logs)
-    if not try_bridge or not ports:
-        return published
-    for ip, gateway in _bridges(attrs):
-        if _routes_through(ip, gateway):
-            log.debug("%s: reaching container %s directly at %s", engine, str(attrs.get("Id", ""))[:12], ip)
-            return {port: f"tcp://{ip}:{port}" for port in ports}
-    return published
+    if try_bridge and ports:
+        for ip, gateway in _bridges(attrs):
+            if _routes_through(ip, gateway):
+                log.debug("%s: reaching container %s at its bridge address %s", engine,
+                          str(attrs.get("Id", ""))[:12], ip)
+                return {port: f"tcp://{ip}:{port}" for port in ports}
+    return _published(attrs, ports, engine=engine, logs=logs)
 
 
 def _published(attrs: Mapping[str, Any], ports: Sequence[int], *, engine: str,
