@@ -348,7 +348,7 @@ class MultiEndpointVectorEnvBase(Generic[ValueT, ActionT]):
                 lane_infos.append((endpoint, info))
 
         reset_infos: dict[int, Any] = {}
-        for (endpoint, _, _), (obs, info) in zip(resets, self._gather(resets)):
+        for (endpoint, _, _), (obs, info) in zip(resets, self._gather(resets) if resets else ()):
             self._store(endpoint, obs)
             reset_infos[endpoint.start] = info
         infos: dict[str, Any] = {}
