@@ -188,10 +188,8 @@ def _action_checker(space: Any) -> Callable[[Any], bool]:
     if kind in ("MultiDiscrete", "MultiBinary") and hasattr(space, "shape"):
         import numpy as np
 
-        if kind == "MultiDiscrete":
-            first, stop = np.asarray(space.start), np.asarray(space.start + space.nvec)
-        else:
-            first, stop = np.zeros(space.shape, np.int64), np.full(space.shape, 2, np.int64)
+        first: Any = space.start if kind == "MultiDiscrete" else 0
+        stop: Any = space.start + space.nvec if kind == "MultiDiscrete" else 2
         shape = tuple(space.shape)
 
         def integer_array(action: Any) -> bool:

@@ -28,6 +28,7 @@ from rlmesh.errors import (
     RuntimeDriverError,
     RuntimeUnavailableError,
 )
+from rlmesh.runtime.addresses import container_addresses
 from rlmesh.runtime.driver import (
     Availability,
     ContainerHandle,
@@ -38,7 +39,6 @@ from rlmesh.runtime.driver import (
     RunSpec,
     RuntimeDriver,
 )
-from rlmesh.runtime.addresses import container_addresses
 from rlmesh.runtime.labels import with_owner_labels
 
 __all__ = ["PodmanDriver", "default_socket"]
