@@ -6,7 +6,9 @@ For each case this measures, in one run:
 * bare zmq: a pyzmq DEALER/ROUTER round trip (tcp loopback, echo peer in another process)
   carrying exactly the frames rlmesh would send for that step (request) and get back (reply);
 * remote: ``rlmesh.numpy.RemoteEnv.step`` (or ``RemoteVectorEnv``) against an ``EnvServer`` in
-  another process, over tcp loopback.
+  another process, over tcp loopback, with the server's default ``busy_poll``;
+* no poll: the same against a server with ``busy_poll=0`` (it sleeps in a blocking receive
+  between requests, as the bare zmq peer does).
 
 The three are timed in alternating blocks of 100 steps, so a change in machine load hits all
 of them alike. It prints medians over many steps after a warm-up, and
@@ -34,6 +36,7 @@ import zmq
 from gymnasium import spaces
 
 from rlmesh import EnvServer, codec
+from rlmesh.endpoint import DEFAULT_BUSY_POLL
 from rlmesh.numpy import RemoteEnv, RemoteVectorEnv
 
 log = logging.getLogger("bench_core")
@@ -97,8 +100,8 @@ def action_for(case: str) -> Any:
 # --- peers in other processes ------------------------------------------------------------------
 
 
-def serve_env(case: str, ready: Any) -> None:
-    server = EnvServer(make_env(case), "tcp://127.0.0.1:0")
+def serve_env(case: str, busy_poll: float, ready: Any) -> None:
+    server = EnvServer(make_env(case), "tcp://127.0.0.1:0", busy_poll=busy_poll)
     ready.send(server.address)
     server.serve()
 
@@ -191,6 +194,7 @@ class Row:
     local_us: float
     zmq_us: float
     remote_us: float
+    no_poll_us: float
     request_bytes: int
     reply_bytes: int
 
@@ -198,11 +202,16 @@ class Row:
     def ratio(self) -> float:
         return self.remote_us / (self.local_us + self.zmq_us)
 
+    @property
+    def no_poll_ratio(self) -> float:
+        return self.no_poll_us / (self.local_us + self.zmq_us)
+
 
 def bench_case(case: str, steps: int, warmup: int) -> Row:
     request, reply = message_sizes(case)
     echo, endpoint = start_peer(serve_echo, reply)
-    server, address = start_peer(serve_env, case)
+    server, address = start_peer(serve_env, case, DEFAULT_BUSY_POLL)
+    quiet_server, quiet_address = start_peer(serve_env, case, 0.0)
     env = make_env(case)
     dealer: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
@@ -214,17 +223,20 @@ def bench_case(case: str, steps: int, warmup: int) -> Row:
 
     client_class = RemoteVectorEnv if case.startswith("vector") else RemoteEnv
     try:
-        with client_class(address) as remote:
-            local_samples, zmq_samples, remote_samples = interleaved(
-                [stepper(env, case), round_trip, stepper(remote, case)], steps, warmup)
+        with client_class(address) as remote, client_class(quiet_address) as quiet:
+            local_samples, zmq_samples, remote_samples, quiet_samples = interleaved(
+                [stepper(env, case), round_trip, stepper(remote, case), stepper(quiet, case)],
+                steps, warmup)
     finally:
         dealer.send(b"stop")
         dealer.close()
         env.close()
         server.terminate()
-        for process in (echo, server):
+        quiet_server.terminate()
+        for process in (echo, server, quiet_server):
             process.join(10)
     return Row(case, median_us(local_samples), median_us(zmq_samples), median_us(remote_samples),
+               median_us(quiet_samples),
                sum(memoryview(f).nbytes for f in request), sum(len(f) for f in reply))
 
 
@@ -242,12 +254,14 @@ def main() -> int:
         rows.append(bench_case(case, args.steps, args.warmup))
 
     header = (f"{'case':<22} {'in-process us':>14} {'bare zmq us':>12} {'remote us':>10} "
-              f"{'ratio':>6}  {'request/reply bytes':>20}")
+              f"{'ratio':>6} {'no poll us':>11} {'ratio':>6}  {'request/reply bytes':>20}")
     lines = [header, "-" * len(header)]
     for row in rows:
         lines.append(f"{row.case:<22} {row.local_us:>14.1f} {row.zmq_us:>12.1f} {row.remote_us:>10.1f} "
-                     f"{row.ratio:>6.2f}  {row.request_bytes:>9}/{row.reply_bytes:<10}")
-    lines.append("ratio = remote / (in-process + bare zmq); target <= 1.5")
+                     f"{row.ratio:>6.2f} {row.no_poll_us:>11.1f} {row.no_poll_ratio:>6.2f}  "
+                     f"{row.request_bytes:>9}/{row.reply_bytes:<10}")
+    lines.append("ratio = remote / (in-process + bare zmq); target <= 1.5 with the default busy_poll "
+                 f"({DEFAULT_BUSY_POLL * 1e6:.0f} us); 'no poll' is a server with busy_poll=0")
     one, five, _ = os.getloadavg()
     lines.append(f"load average during the run: {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} CPUs")
     print("\n".join(lines))

@@ -40,6 +40,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rlmesh._version import __version__
+from rlmesh.endpoint import DEFAULT_BUSY_POLL
 from rlmesh.errors import (
     ContainerError,
     ImageBuildError,
@@ -354,9 +355,12 @@ def _open_sandbox(target: str, sandbox: _SandboxArgs, num_envs: int, mode: str |
               help="Serve a vector env of this many copies.")
 @click.option("--vectorization-mode", type=click.Choice(["sync", "async"]),
               help="Vector env mode (implies a vector env, even with --num-envs 1).")
+@click.option("--busy-poll", type=click.FloatRange(min=0), default=DEFAULT_BUSY_POLL, show_default=True,
+              help="Seconds to poll for the next request after a reply when the client steps "
+                   "that fast (0: always sleep between requests).")
 @_sandbox_options
 def serve(target: str, make_kwargs: tuple[str, ...], address: str, num_envs: int,
-          vectorization_mode: str | None, **params: Any) -> None:
+          vectorization_mode: str | None, busy_poll: float, **params: Any) -> None:
     """Serve an environment until Ctrl-C.
 
     ENV_ID_OR_SOURCE is a Gymnasium id (CartPole-v1), a factory (my_pkg.envs:make or
@@ -383,13 +387,13 @@ def serve(target: str, make_kwargs: tuple[str, ...], address: str, num_envs: int
         with _open_sandbox(target, sandbox, num_envs, vectorization_mode, kwargs, vector=vector) as session:
             # Relaying through a local server keeps the session's heartbeats (so the container
             # dies with this process) and lets clients use --address like any other server.
-            server = EnvServer(session.client, address, close_env=False)
+            server = EnvServer(session.client, address, close_env=False, busy_poll=busy_poll)
             console.print(f"Serving sandbox {target} (container {session.container_id[:12]} on "
                           f"{session.driver.name}) at [bold]{server.address}[/bold]")
             _serve_until_stopped(server, watch=lambda: _container_alive(session))
         return
     env = _local_env(target, num_envs, vectorization_mode, kwargs)
-    server = EnvServer(env, address)
+    server = EnvServer(env, address, busy_poll=busy_poll)
     console.print(f"Serving {target} at [bold]{server.address}[/bold]")
     _serve_until_stopped(server)
 

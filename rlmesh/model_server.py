@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from rlmesh._version import __version__
 from rlmesh.backend import PLAIN, Backend
 from rlmesh.client import AttachedClient, open_connection
-from rlmesh.endpoint import Endpoint
+from rlmesh.endpoint import DEFAULT_BUSY_POLL, Endpoint
 from rlmesh.errors import ProtocolError, SourceError
 from rlmesh.protocol import PROTOCOL_GENERATION, Request
 
@@ -76,19 +76,20 @@ class ModelServer(Endpoint):
         backend: How observations decode before ``predict`` sees them: ``"numpy"``,
             ``"torch"`` or ``"plain"`` (rlmesh Tensors).
         info: Extra handshake fields the client may read (e.g. ``{"batched": True}``).
-        session_timeout / owner_timeout: As for :class:`~rlmesh.server.EnvServer`.
+        session_timeout / owner_timeout / busy_poll: As for :class:`~rlmesh.server.EnvServer`.
     """
 
     role = "model server"
 
     def __init__(self, predict: Callable[[Any], Any], address: str | int = "tcp://127.0.0.1:0", *,
                  backend: str = "numpy", info: Mapping[str, Any] | None = None,
-                 session_timeout: float = 30.0, owner_timeout: float | None = None) -> None:
+                 session_timeout: float = 30.0, owner_timeout: float | None = None,
+                 busy_poll: float = DEFAULT_BUSY_POLL) -> None:
         self.predict = predict
         self.backend = _backend(backend)
         self.info = dict(info or {})
         super().__init__(address, session_timeout=session_timeout, owner_timeout=owner_timeout,
-                         tensor_factory=self.backend.tensor_factory,
+                         busy_poll=busy_poll, tensor_factory=self.backend.tensor_factory,
                          object_array=self.backend.object_array)
         log.info("serving a model on %s", self.address)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from rlmesh import codec
 from rlmesh._version import __version__
-from rlmesh.endpoint import Endpoint, ErrorReply
+from rlmesh.endpoint import DEFAULT_BUSY_POLL, Endpoint, ErrorReply
 from rlmesh.errors import ProtocolError
 from rlmesh.protocol import EnvContract, ErrorKind, Request
 from rlmesh.spaces import SpaceSpec
@@ -79,6 +79,10 @@ class EnvServer(Endpoint):
         owner_timeout: If set, stop serving when no client has been attached for this many
             seconds (a sandboxed server uses it to stop itself when its owner dies).
         close_env: Close the env when the server shuts down.
+        busy_poll: Seconds to keep polling for the next request after a reply, when the
+            client's previous request also came that quickly. A client stepping in a loop
+            then skips a thread wake-up per step; a slower client costs no CPU. ``0`` turns
+            it off; it is off on a single CPU.
 
     One client is attached at a time; a second client gets a
     :class:`~rlmesh.errors.ServerBusyError` until the first closes or times out.
@@ -95,6 +99,7 @@ class EnvServer(Endpoint):
         session_timeout: float = 30.0,
         owner_timeout: float | None = None,
         close_env: bool = True,
+        busy_poll: float = DEFAULT_BUSY_POLL,
     ) -> None:
         self.env = _as_env(env)
         self.check_actions = check_actions
@@ -103,7 +108,7 @@ class EnvServer(Endpoint):
         self.contract = self._make_contract()
         self._vector = self.contract.vector
         super().__init__(address, session_timeout=session_timeout, owner_timeout=owner_timeout,
-                         tensor_factory=_decode_tensor_factory())
+                         busy_poll=busy_poll, tensor_factory=_decode_tensor_factory())
         log.info("serving %s on %s", self.contract.env_id or type(self.env).__name__, self.address)
 
     def _handshake(self) -> dict[str, Any]:
