@@ -10,10 +10,13 @@ Target: multi-endpoint per-batch time <= 1.3x the single endpoint's at equal lan
 ``--ray-address HEAD:PORT`` adds the same table with the endpoints placed on that Ray cluster
 through the ``ray`` runtime (``rlmesh.spread.spread_vector_env``).
 
+``--busy-poll S`` sets the servers' ``busy_poll`` (seconds; 0 turns it off).
+
 ``--work-us N`` makes every lane step N microseconds of busy CPU work, to see where splitting
 lanes over processes starts to pay on this machine.
 
-    python bench/bench_scale.py [--steps 2000] [--blocks 10] [--work-us 0] [--ray-address 127.0.0.3:6379]
+    python bench/bench_scale.py [--steps 2000] [--blocks 10] [--work-us 0] [--busy-poll 0.0005]
+                                [--ray-address 127.0.0.3:6379]
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import numpy as np
 
 import rlmesh
 import rlmesh.numpy as rnp
+from rlmesh.endpoint import DEFAULT_BUSY_POLL
 
 PER_ENDPOINT = 8
 ENDPOINT_COUNTS = (1, 2, 4)
@@ -42,6 +46,7 @@ import gymnasium as gym
 from rlmesh import EnvServer
 
 WORK = float(sys.argv[2]) / 1e6
+BUSY_POLL = float(sys.argv[3])
 
 class Busy(gym.Wrapper):
     # Spins for WORK seconds per step: a stand-in for envs heavier than CartPole.
@@ -53,14 +58,15 @@ class Busy(gym.Wrapper):
 
 wrappers = [Busy] if WORK else None
 env = gym.make_vec("CartPole-v1", num_envs=int(sys.argv[1]), vectorization_mode="sync", wrappers=wrappers)
-server = EnvServer(env, "tcp://127.0.0.1:0")
+server = EnvServer(env, "tcp://127.0.0.1:0", busy_poll=BUSY_POLL)
 print("READY", server.address, flush=True)
 server.serve()
 """
 
 
-def start_server(lanes: int, work_us: float = 0.0) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(lanes), str(work_us)],
+def start_server(lanes: int, work_us: float = 0.0, busy_poll: float = DEFAULT_BUSY_POLL
+                 ) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(lanes), str(work_us), str(busy_poll)],
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -94,7 +100,8 @@ def compare(multi: Any, single: Any, lanes: int, steps: int, blocks: int) -> tup
     return statistics.median(multi_times), statistics.median(single_times)
 
 
-def local_rows(steps: int, blocks: int, work_us: float) -> list[tuple[int, int, float, float]]:
+def local_rows(steps: int, blocks: int, work_us: float, busy_poll: float
+               ) -> list[tuple[int, int, float, float]]:
     rows = []
     for count in ENDPOINT_COUNTS:
         lanes = count * PER_ENDPOINT
@@ -102,10 +109,10 @@ def local_rows(steps: int, blocks: int, work_us: float) -> list[tuple[int, int, 
         try:
             endpoints = []
             for _ in range(count):
-                proc, address = start_server(PER_ENDPOINT, work_us)
+                proc, address = start_server(PER_ENDPOINT, work_us, busy_poll)
                 procs.append(proc)
                 endpoints.append(address)
-            proc, single_address = start_server(lanes, work_us)
+            proc, single_address = start_server(lanes, work_us, busy_poll)
             procs.append(proc)
             with rnp.RemoteVectorEnv.from_endpoints(endpoints) as multi, \
                     rnp.RemoteVectorEnv(single_address) as single:
@@ -139,14 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ray-address", help="also place the endpoints on this Ray cluster")
     parser.add_argument("--work-us", type=float, default=0.0,
                         help="extra busy work per lane step in the servers (a heavier env than CartPole)")
+    parser.add_argument("--busy-poll", type=float, default=DEFAULT_BUSY_POLL,
+                        help="the servers' busy_poll in seconds (0: off)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     print(f"load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs; {PER_ENDPOINT} CartPole lanes per "
-          f"endpoint, {args.work_us:g} us extra work per lane step")
+          f"endpoint, {args.work_us:g} us extra work per lane step, busy_poll {args.busy_poll * 1e6:g} us")
     print(f"{'endpoints':>9} {'lanes':>5} {'multi steps/s':>14} {'multi us/batch':>15} "
           f"{'single us/batch':>16} {'ratio':>6}")
     worst = 0.0
-    for count, lanes, multi, single in local_rows(args.steps, args.blocks, args.work_us):
+    for count, lanes, multi, single in local_rows(args.steps, args.blocks, args.work_us, args.busy_poll):
         ratio = multi / single
         worst = max(worst, ratio)
         print(f"{count:>9} {lanes:>5} {lanes / multi:>14,.0f} {multi * 1e6:>15.0f} {single * 1e6:>16.0f} "
