@@ -31,8 +31,9 @@ myst_heading_anchors = 3
 autodoc_default_options = {"members": True, "show-inheritance": True}
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
-# Torch is an optional extra; the API pages still build without it.
-autodoc_mock_imports = [] if importlib.util.find_spec("torch") else ["torch"]
+# Optional extras: the API pages still build without them.
+_OPTIONAL = ["torch", "ray", "docker", "podman", "python_on_whales"]
+autodoc_mock_imports = [name for name in _OPTIONAL if importlib.util.find_spec(name) is None]
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 

@@ -137,6 +137,8 @@ class Endpoint:
         self._last_seen = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._serving = False
+        self._stopped = threading.Event()
         self._closed = False
 
     # --- what subclasses provide ----------------------------------------------------------------
@@ -159,16 +161,30 @@ class Endpoint:
         """The bound address in user form (with the real port when port 0 was asked for)."""
         return to_user_address(self._endpoint)
 
+    @property
+    def serving(self) -> bool:
+        """Whether the serve loop runs (from :meth:`serve` or :meth:`start`)."""
+        return self._serving
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until this server has stopped and cleaned up; ``False`` if ``timeout`` passed first.
+
+        A server stops on :meth:`shutdown`, Ctrl-C, SIGTERM or its owner timeout.
+        """
+        return self._stopped.wait(timeout)
+
     def serve(self) -> None:
         """Serve until :meth:`shutdown`, Ctrl-C, SIGTERM or the owner timeout; then clean up."""
         previous = None
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        self._serving = True
         try:
             self._loop()
         except KeyboardInterrupt:
             log.info("interrupted; shutting down")
         finally:
+            self._serving = False
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
             self._cleanup()
@@ -178,6 +194,7 @@ class Endpoint:
         if self._thread is not None:
             raise RuntimeError(f"{self.role} already started")
         self._thread = threading.Thread(target=self.serve, name=f"rlmesh-{self.role}", daemon=True)
+        self._serving = True  # already, so that a check right after start() sees it
         self._thread.start()
         return self
 
@@ -217,7 +234,10 @@ class Endpoint:
                 os.unlink(self._endpoint[len("ipc://"):])
             except OSError:
                 pass
-        self._release()
+        try:
+            self._release()
+        finally:
+            self._stopped.set()
         log.info("%s on %s stopped", self.role, self.address)
 
     # --- loop -----------------------------------------------------------------------------------

@@ -121,7 +121,6 @@ class ServerActor:
     def __init__(self, labels: Mapping[str, str]) -> None:
         self._labels = dict(labels)
         self._server: Any = None
-        self._thread: threading.Thread | None = None
         self._stopping = False
         self._buffer = _LogBuffer()
         root = logging.getLogger()
@@ -159,13 +158,11 @@ class ServerActor:
             self._server = EnvServer(env, f"tcp://{host}:0", owner_timeout=timeout, session_timeout=timeout)
         # start() (not serve() in a thread of ours) so that shutdown() can wake and join the loop.
         self._server.start()
-        self._thread = self._server._thread
         threading.Thread(target=self._exit_when_stopped, name="rlmesh-ray-watch", daemon=True).start()
         return str(self._server.address)
 
     def _exit_when_stopped(self) -> None:
-        assert self._thread is not None
-        self._thread.join()
+        self._server.wait()
         if self._stopping:
             return  # the driver kills the actor right after stop()
         # The owner went away (no heartbeats): the actor has nothing left to do, and a
@@ -178,7 +175,7 @@ class ServerActor:
 
     def health(self) -> tuple[bool, int]:
         """Whether the server thread serves, and the worker's pid."""
-        return self._thread is not None and self._thread.is_alive(), os.getpid()
+        return self._server is not None and self._server.serving, os.getpid()
 
     def logs(self, tail: int | None) -> str:
         lines = list(self._buffer.lines)

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -135,8 +136,17 @@ def test_shutdown_frees_the_address() -> None:
 
 def test_shutdown_after_the_server_stopped_by_itself() -> None:
     server = EnvServer(gym.make("CartPole-v1"), owner_timeout=0.2).start()
-    time.sleep(0.8)  # the owner timeout ends the loop, which closes its sockets
+    assert server.serving
+    assert server.wait(10)  # the owner timeout ends the loop, which closes its sockets
+    assert not server.serving
     server.shutdown()  # must not fail because nobody is left to wake
+
+
+def test_wait_returns_when_shutdown_stops_the_server() -> None:
+    server = EnvServer(gym.make("CartPole-v1")).start()
+    assert not server.wait(0.2)  # still serving
+    threading.Timer(0.2, server.shutdown).start()
+    assert server.wait(10) and not server.serving
 
 
 def test_sigterm_stops_serve_cleanly(spawn_server: Any) -> None:
