@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from types import TracebackType
 from collections.abc import Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
 from rlmesh.address import to_zmq_endpoint
 from rlmesh.backend import PLAIN, Backend
+from rlmesh.closing import Closeable
 from rlmesh.connection import Connection
 from rlmesh.protocol import EnvContract, Request
 from rlmesh.spaces import SpaceSpec
@@ -36,7 +36,7 @@ def open_connection(backend: Backend, address: str | int | None, *, host: str | 
     )
 
 
-class AttachedClient:
+class AttachedClient(Closeable):
     """Owns one :class:`Connection`: address, closing, context manager, close on collection."""
 
     _connection: Connection | None = None
@@ -60,19 +60,6 @@ class AttachedClient:
         if connection is not None:
             connection.close()
 
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            if self._connection is not None:
-                self.close()
-        except Exception:  # interpreter shutdown: nothing sensible left to do
-            pass
 
 
 class _RemoteClient(AttachedClient, Generic[ValueT, ActionT]):

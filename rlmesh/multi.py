@@ -17,13 +17,13 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import zmq
 
 from rlmesh.address import to_zmq_endpoint
 from rlmesh.backend import PLAIN, Backend
+from rlmesh.closing import Closeable
 from rlmesh.codec import ObjectArray
 from rlmesh.connection import Connection
 from rlmesh.errors import EnvironmentException
@@ -44,7 +44,7 @@ AUTORESET_MODES = ("NextStep", "SameStep", "Disabled")
 _SLICE_MS = 100  # how often a gather looks at the connection monitors while waiting
 
 
-class _Closeable(Protocol):
+class _HasClose(Protocol):
     def close(self) -> None: ...
 
 
@@ -86,7 +86,7 @@ def _mode_name(mode: Any) -> str:
     return name
 
 
-class MultiEndpointVectorEnvBase(Generic[ValueT, ActionT]):
+class MultiEndpointVectorEnvBase(Closeable, Generic[ValueT, ActionT]):
     """A vector env over the lanes of several endpoints, with Gymnasium 1.x vector semantics.
 
     Args:
@@ -115,7 +115,7 @@ class MultiEndpointVectorEnvBase(Generic[ValueT, ActionT]):
         connect_timeout: float = 10.0,
         request_timeout: float | None = None,
         heartbeat_interval: float | None = 2.0,
-        owned: Sequence[_Closeable] = (),
+        owned: Sequence[_HasClose] = (),
     ) -> None:
         self._endpoints: list[_Endpoint] = []
         self._owned = list(owned)
@@ -390,19 +390,6 @@ class MultiEndpointVectorEnvBase(Generic[ValueT, ActionT]):
         if errors:
             raise errors[0]
 
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            if not getattr(self, "_closed", True):
-                self.close()
-        except Exception:  # interpreter shutdown: nothing sensible left to do
-            pass
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{getattr(self, '_num_envs', 0)} lanes on {len(self._endpoints)} endpoints"
