@@ -19,7 +19,7 @@ import pytest
 
 from rlmesh.errors import RLMeshError
 from rlmesh.numpy import RemoteEnv
-from rlmesh.runtime import RunSpec, RuntimeDriver, get_driver
+from rlmesh.runtime import ImageRecipe, RunSpec, RuntimeDriver, get_driver
 from rlmesh.runtime.labels import MANAGED, OWNER_PID, OWNER_START, process_start_time
 from rlmesh_images.bootstrap import default_base_image, default_tarball
 
@@ -83,14 +83,20 @@ def test_images_list_flags_a_missing_base_image(driver: RuntimeDriver) -> None:
 
 
 def test_images_prune_declined_removes_nothing(driver: RuntimeDriver) -> None:
-    before = driver.list_images({MANAGED: "true"})
-    if not before:
-        pytest.skip("no rlmesh sandbox images to (not) prune")
-    assert RLMESH is not None
-    result = subprocess.run([RLMESH, "images", "prune", "--runtime", driver.name], input="n\n",
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1 and "Aborted" in result.stderr
-    assert driver.list_images({MANAGED: "true"}) == before
+    # A managed image of our own, so there is always something the prune could take.
+    recipe = ImageRecipe(f"FROM {default_base_image()}\n", repository="rlmesh-cli-test",
+                         labels={MANAGED: "true", TEST_LABEL: RUN_ID})
+    tag = driver.build(recipe)
+    try:
+        before = driver.list_images({MANAGED: "true"})
+        assert tag in before
+        assert RLMESH is not None
+        result = subprocess.run([RLMESH, "images", "prune", "--runtime", driver.name], input="n\n",
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1 and "Aborted" in result.stderr
+        assert driver.list_images({MANAGED: "true"}) == before
+    finally:
+        driver.remove_image(tag)
 
 
 def test_sandbox_ls_and_reap_remove_only_orphans(driver: RuntimeDriver) -> None:
