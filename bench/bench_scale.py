@@ -4,7 +4,10 @@ Every endpoint is an EnvServer serving ``gymnasium.make_vec("CartPole-v1", 8, "s
 own process; ``rlmesh.numpy.MultiEndpointVectorEnv`` drives them all as one vector env. For each
 endpoint count it reports aggregate env steps per second (lanes x vector steps / s) and the
 per-batch time against the baseline: one ``RemoteVectorEnv`` whose single server runs the same
-total number of lanes. The two are timed in alternating blocks, so machine load hits both alike.
+total number of lanes. The same two layouts are also timed without rlmesh: endpoints that step
+the same vector env behind a plain pyzmq ROUTER with raw frames (``bare``), so the table shows
+what the machine charges for more processes apart from what rlmesh adds. All four are timed in
+alternating blocks, so machine load hits them alike.
 Target: multi-endpoint per-batch time <= 1.3x the single endpoint's at equal lanes.
 
 ``--ray-address HEAD:PORT`` adds the same table with the endpoints placed on that Ray cluster
@@ -43,10 +46,13 @@ SERVER = """
 import sys
 import time
 import gymnasium as gym
+import numpy as np
+import zmq
 from rlmesh import EnvServer
 
 WORK = float(sys.argv[2]) / 1e6
 BUSY_POLL = float(sys.argv[3])
+BARE = sys.argv[4] == "bare"
 
 class Busy(gym.Wrapper):
     # Spins for WORK seconds per step: a stand-in for envs heavier than CartPole.
@@ -58,15 +64,25 @@ class Busy(gym.Wrapper):
 
 wrappers = [Busy] if WORK else None
 env = gym.make_vec("CartPole-v1", num_envs=int(sys.argv[1]), vectorization_mode="sync", wrappers=wrappers)
+if BARE:  # the floor: raw frames over a plain ROUTER, no codec, checks or sessions
+    env.reset(seed=0)
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    print("READY", f"tcp://127.0.0.1:{port}", flush=True)
+    while True:
+        peer, action = router.recv_multipart()
+        obs, reward, terminated, truncated, _ = env.step(np.frombuffer(action, np.int64))
+        router.send_multipart([peer, obs, reward, terminated, truncated], copy=False)
 server = EnvServer(env, "tcp://127.0.0.1:0", busy_poll=BUSY_POLL)
 print("READY", server.address, flush=True)
 server.serve()
 """
 
 
-def start_server(lanes: int, work_us: float = 0.0, busy_poll: float = DEFAULT_BUSY_POLL
-                 ) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(lanes), str(work_us), str(busy_poll)],
+def start_server(lanes: int, work_us: float = 0.0, busy_poll: float = DEFAULT_BUSY_POLL,
+                 bare: bool = False) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(lanes), str(work_us), str(busy_poll),
+                             "bare" if bare else "rlmesh"],
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -74,6 +90,37 @@ def start_server(lanes: int, work_us: float = 0.0, busy_poll: float = DEFAULT_BU
         proc.kill()
         raise RuntimeError(f"benchmark server did not start: {line!r}")
     return proc, line.split(" ", 1)[1].strip()
+
+
+class BareVectorEnv:
+    """The floor of a multi-endpoint step: one raw pyzmq round trip per endpoint, all sent at
+    once, replies concatenated; what rlmesh's client and server add is measured against it."""
+
+    def __init__(self, addresses: list[str]) -> None:
+        import zmq
+
+        self._sockets = []
+        for address in addresses:
+            socket = zmq.Context.instance().socket(zmq.DEALER)
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.connect(address)
+            self._sockets.append(socket)
+
+    def reset(self, seed: int | None = None) -> None:
+        pass  # the bare servers reset once at start; CartPole's vector env autoresets
+
+    def step(self, actions: Any) -> Any:
+        for socket, part in zip(self._sockets, np.split(np.asarray(actions, np.int64), len(self._sockets))):
+            socket.send(part)
+        replies = [socket.recv_multipart() for socket in self._sockets]
+        obs = np.concatenate([np.frombuffer(r[0], np.float32).reshape(-1, 4) for r in replies])
+        batches = [np.concatenate([np.frombuffer(r[i], dtype) for r in replies])
+                   for i, dtype in ((1, np.float64), (2, np.bool_), (3, np.bool_))]
+        return obs, *batches, {}
+
+    def close(self) -> None:
+        for socket in self._sockets:
+            socket.close()
 
 
 def time_steps(env: Any, lanes: int, steps: int, rng: np.random.Generator) -> float:
@@ -87,36 +134,42 @@ def time_steps(env: Any, lanes: int, steps: int, rng: np.random.Generator) -> fl
     return statistics.median(durations)
 
 
-def compare(multi: Any, single: Any, lanes: int, steps: int, blocks: int) -> tuple[float, float]:
-    """Median per-batch seconds of the multi-endpoint and the single-endpoint env, interleaved."""
+def compare(envs: list[Any], lanes: int, steps: int, blocks: int) -> list[float]:
+    """Median per-batch seconds of each env, timed in alternating blocks."""
     rng = np.random.default_rng(0)
-    multi.reset(seed=0)
-    single.reset(seed=0)
+    for env in envs:
+        env.reset(seed=0)
     per_block = max(1, steps // blocks)
-    multi_times, single_times = [], []
+    times: list[list[float]] = [[] for _ in envs]
     for _ in range(blocks):
-        multi_times.append(time_steps(multi, lanes, per_block, rng))
-        single_times.append(time_steps(single, lanes, per_block, rng))
-    return statistics.median(multi_times), statistics.median(single_times)
+        for env, into in zip(envs, times):
+            into.append(time_steps(env, lanes, per_block, rng))
+    return [statistics.median(t) for t in times]
 
 
-def local_rows(steps: int, blocks: int, work_us: float, busy_poll: float
-               ) -> list[tuple[int, int, float, float]]:
+def local_rows(steps: int, blocks: int, work_us: float, busy_poll: float) -> list[tuple[Any, ...]]:
+    """Per endpoint count: lanes, then multi, single, bare multi, bare single seconds per batch."""
     rows = []
     for count in ENDPOINT_COUNTS:
         lanes = count * PER_ENDPOINT
         procs: list[subprocess.Popen[str]] = []
-        try:
-            endpoints = []
-            for _ in range(count):
-                proc, address = start_server(PER_ENDPOINT, work_us, busy_poll)
-                procs.append(proc)
-                endpoints.append(address)
-            proc, single_address = start_server(lanes, work_us, busy_poll)
+
+        def start(lanes: int, bare: bool) -> str:
+            proc, address = start_server(lanes, work_us, busy_poll, bare)
             procs.append(proc)
+            return address
+
+        try:
+            endpoints = [start(PER_ENDPOINT, False) for _ in range(count)]
+            single_address = start(lanes, False)
+            bare_multi = BareVectorEnv([start(PER_ENDPOINT, True) for _ in range(count)])
+            bare_single = BareVectorEnv([start(lanes, True)])
             with rnp.RemoteVectorEnv.from_endpoints(endpoints) as multi, \
                     rnp.RemoteVectorEnv(single_address) as single:
-                rows.append((count, lanes, *compare(multi, single, lanes, steps, blocks)))
+                rows.append((count, lanes, *compare([multi, single, bare_multi, bare_single],
+                                                    lanes, steps, blocks)))
+            bare_multi.close()
+            bare_single.close()
         finally:
             for proc in procs:
                 proc.terminate()
@@ -153,13 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs; {PER_ENDPOINT} CartPole lanes per "
           f"endpoint, {args.work_us:g} us extra work per lane step, busy_poll {args.busy_poll * 1e6:g} us")
     print(f"{'endpoints':>9} {'lanes':>5} {'multi steps/s':>14} {'multi us/batch':>15} "
-          f"{'single us/batch':>16} {'ratio':>6}")
+          f"{'single us/batch':>16} {'ratio':>6}   {'bare multi us':>13} {'bare single us':>14} {'ratio':>6}")
     worst = 0.0
-    for count, lanes, multi, single in local_rows(args.steps, args.blocks, args.work_us, args.busy_poll):
+    for count, lanes, multi, single, bare_multi, bare_single in local_rows(
+            args.steps, args.blocks, args.work_us, args.busy_poll):
         ratio = multi / single
         worst = max(worst, ratio)
         print(f"{count:>9} {lanes:>5} {lanes / multi:>14,.0f} {multi * 1e6:>15.0f} {single * 1e6:>16.0f} "
-              f"{ratio:>6.2f}")
+              f"{ratio:>6.2f}   {bare_multi * 1e6:>13.0f} {bare_single * 1e6:>14.0f} {bare_multi / bare_single:>6.2f}")
     if args.ray_address:
         print(f"\nvia Ray at {args.ray_address} (endpoints placed round-robin over its nodes)")
         print(f"{'endpoints':>9} {'lanes':>5} {'steps/s':>14} {'us/batch':>15}")

@@ -174,12 +174,14 @@ class Connection:
             if done:
                 return result
 
-    def poll_reply(self, request_id: int) -> tuple[bool, Any]:
-        """Read what has arrived without blocking: ``(True, payload)`` once the reply to
-        ``request_id`` is in, else ``(False, None)``; an error reply raises its exception."""
+    def poll_reply(self, request_id: int, *, block: bool = False) -> tuple[bool, Any]:
+        """Read what has arrived: ``(True, payload)`` once the reply to ``request_id`` is in,
+        else ``(False, None)``; an error reply raises its exception. ``block`` waits up to one
+        receive slice (100 ms) for each message instead of returning at once."""
+        flags = 0 if block else _NOBLOCK
         while True:
             try:
-                frames = recv_frames(self._socket, _NOBLOCK)
+                frames = recv_frames(self._socket, flags)
             except zmq.Again:
                 return False, None
             done, result = self._reply_to(request_id, frames)

@@ -454,9 +454,25 @@ class MultiEndpointVectorEnvBase(Closeable, Generic[ValueT, ActionT]):
             except Exception as exc:
                 raise _named(endpoint, exc) from exc
         results: list[Any] = [None] * len(requests)
-        waiting = list(range(len(requests)))
+        waiting: list[int] = []
         timeout = self.request_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
+        # Replies usually come within one receive slice: take them in order, one blocking
+        # receive each, with no poller. The first slice that passes quietly (or a deadline
+        # closer than a slice) hands the rest to the poll loop below, which hears from every
+        # endpoint at once, so a failing one is reported while the others are still busy.
+        fast = timeout is None or timeout * 1000 > 2 * _SLICE_MS
+        for index, (endpoint, _, _) in enumerate(requests):
+            if fast:
+                try:
+                    done, value = endpoint.connection.poll_reply(ids[index], block=True)
+                except Exception as exc:
+                    raise _named(endpoint, exc) from exc
+                if done:
+                    results[index] = value
+                    continue
+                fast = False
+            waiting.append(index)
         while waiting:
             slice_ms = _SLICE_MS
             if deadline is not None:

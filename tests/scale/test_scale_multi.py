@@ -186,10 +186,13 @@ def test_endpoints_must_serve_the_same_spaces_and_mode(serve: Any) -> None:
     env.close()
 
 
-def test_a_failing_endpoint_is_named_without_waiting_for_a_stuck_one(serve: Any) -> None:
+@pytest.mark.parametrize("stuck_first", [False, True], ids=["stuck-last", "stuck-first"])
+def test_a_failing_endpoint_is_named_without_waiting_for_a_stuck_one(serve: Any, stuck_first: bool) -> None:
     healthy, failing, stuck = serve(("vector", {"num_envs": 2}), ("single", {"fail_at": 3}),
                                     ("single", {"sleep_at": 3}))
-    env = rnp.RemoteVectorEnv.from_endpoints([healthy.address, failing.address, stuck.address])
+    order = [stuck, healthy, failing] if stuck_first else [healthy, failing, stuck]
+    env = rnp.RemoteVectorEnv.from_endpoints([server.address for server in order])
+    lane = 3 if stuck_first else 2
     try:
         env.reset(seed=0)
         for _ in range(2):
@@ -198,7 +201,7 @@ def test_a_failing_endpoint_is_named_without_waiting_for_a_stuck_one(serve: Any)
         with pytest.raises(EnvironmentException) as caught:
             env.step(np.zeros(4, dtype=np.int64))
         assert time.monotonic() - started < 5, "the error waited for the stuck endpoint"
-        assert f"endpoint {failing.address} (lane 2)" in str(caught.value)
+        assert f"endpoint {failing.address} (lane {lane})" in str(caught.value)
         assert "env broke on purpose at step 3" in str(caught.value)
         assert caught.value.remote_type == "RuntimeError"
     finally:
