@@ -207,11 +207,12 @@ def main(argv: list[str] | None = None) -> int:
           f"endpoint, {args.work_us:g} us extra work per lane step, busy_poll {args.busy_poll * 1e6:g} us")
     print(f"{'endpoints':>9} {'lanes':>5} {'multi steps/s':>14} {'multi us/batch':>15} "
           f"{'single us/batch':>16} {'ratio':>6}   {'bare multi us':>13} {'bare single us':>14} {'ratio':>6}")
-    worst = 0.0
+    worst = bare_worst = 0.0
     for count, lanes, multi, single, bare_multi, bare_single in local_rows(
             args.steps, args.blocks, args.work_us, args.busy_poll):
         ratio = multi / single
         worst = max(worst, ratio)
+        bare_worst = max(bare_worst, bare_multi / bare_single)
         print(f"{count:>9} {lanes:>5} {lanes / multi:>14,.0f} {multi * 1e6:>15.0f} {single * 1e6:>16.0f} "
               f"{ratio:>6.2f}   {bare_multi * 1e6:>13.0f} {bare_single * 1e6:>14.0f} {bare_multi / bare_single:>6.2f}")
     if args.ray_address:
@@ -220,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         for count, lanes, seconds in ray_rows(args.ray_address, args.steps):
             print(f"{count:>9} {lanes:>5} {lanes / seconds:>14,.0f} {seconds * 1e6:>15.0f}")
     verdict = "meets" if worst <= TARGET else "MISSES"
-    print(f"\nworst ratio {worst:.2f}: {verdict} the target of <= {TARGET} x a single endpoint's per-batch time")
+    print(f"\nworst ratio {worst:.2f}: {verdict} the target of <= {TARGET} x a single endpoint's per-batch time"
+          f"\n(the same layouts over bare pyzmq, without rlmesh: worst ratio {bare_worst:.2f})")
     return 0 if worst <= TARGET else 1
 
 

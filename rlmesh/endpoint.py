@@ -76,10 +76,34 @@ def _spin_recv(socket: zmq.Socket[Any], spin_ns: int) -> list[zmq.Frame] | None:
     return None
 
 
-def _usable_cpus() -> int:
+def _usable_cpus(cgroup_root: str = "/sys/fs/cgroup") -> float:
+    """CPUs this process may use: its CPU affinity, capped by a cgroup quota (``docker --cpus``)."""
     if hasattr(os, "sched_getaffinity"):  # Linux: what this process may run on
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+        cpus = float(len(os.sched_getaffinity(0)))
+    else:
+        cpus = float(os.cpu_count() or 1)
+    quota = _cgroup_cpu_quota(cgroup_root)
+    return cpus if quota is None else min(cpus, quota)
+
+
+def _cgroup_cpu_quota(root: str) -> float | None:
+    """The CPU quota of this process's cgroup in CPUs (cgroup v2 or v1), ``None`` if unlimited."""
+    try:
+        with open(f"{root}/cpu.max") as file:  # v2: "QUOTA PERIOD", QUOTA may be "max"
+            quota, period = file.read().split()[:2]
+    except (OSError, ValueError):
+        try:
+            with open(f"{root}/cpu/cpu.cfs_quota_us") as file:  # v1: -1 when unlimited
+                quota = file.read().strip()
+            with open(f"{root}/cpu/cpu.cfs_period_us") as file:
+                period = file.read().strip()
+        except OSError:
+            return None
+    try:
+        value = int(quota) / int(period)
+    except (ValueError, ZeroDivisionError):  # "max", or something this code does not know
+        return None
+    return value if value > 0 else None
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
@@ -109,8 +133,9 @@ class Endpoint:
         if busy_poll < 0:
             raise ValueError(f"busy_poll must be >= 0 seconds (0 turns it off); got {busy_poll!r}")
         self.session_timeout = session_timeout
-        # On a single CPU a polling server would only take turns away from its client.
-        self.busy_poll = busy_poll if _usable_cpus() > 1 else 0.0
+        # With less than two CPUs a polling server would take turns away from its client, and
+        # under a cgroup quota it would spend the quota and get throttled.
+        self.busy_poll = busy_poll if _usable_cpus() >= 2 else 0.0
         self.owner_timeout = owner_timeout
         self._tensor_factory = tensor_factory
         self._object_array = object_array

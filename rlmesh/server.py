@@ -82,7 +82,7 @@ class EnvServer(Endpoint):
         busy_poll: Seconds to keep polling for the next request after a reply, when the
             client's previous request also came that quickly. A client stepping in a loop
             then skips a thread wake-up per step; a slower client costs no CPU. ``0`` turns
-            it off; it is off on a single CPU.
+            it off; it is off when fewer than two CPUs are usable (affinity or cgroup quota).
 
     One client is attached at a time; a second client gets a
     :class:`~rlmesh.errors.ServerBusyError` until the first closes or times out.

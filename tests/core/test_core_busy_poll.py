@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 import time
 from typing import Any
 
@@ -15,7 +17,7 @@ import zmq
 
 import rlmesh.numpy as rnp
 from rlmesh import EnvServer
-from rlmesh.endpoint import _spin_recv
+from rlmesh.endpoint import _spin_recv, _usable_cpus
 
 
 @pytest.mark.parametrize("busy_poll", [0.0, 0.05])
@@ -74,3 +76,19 @@ def test_busy_poll_is_off_on_a_single_cpu() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "0.0"
+
+
+@pytest.mark.parametrize(("files", "limit"), [
+    ({"cpu.max": "50000 100000\n"}, 0.5),  # cgroup v2, docker --cpus 0.5
+    ({"cpu.max": "max 100000\n"}, None),
+    ({"cpu/cpu.cfs_quota_us": "150000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1.5),  # v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({}, None),
+])
+def test_a_cgroup_cpu_quota_caps_the_usable_cpus(tmp_path: Path, files: dict[str, str],
+                                                 limit: float | None) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    affinity = float(len(os.sched_getaffinity(0)))
+    assert _usable_cpus(str(tmp_path)) == (affinity if limit is None else min(affinity, limit))
