@@ -61,7 +61,6 @@ class AttachedClient(Closeable):
             connection.close()
 
 
-
 class _RemoteClient(AttachedClient, Generic[ValueT, ActionT]):
     """Shared connect logic and env surface of single and vector clients."""
 

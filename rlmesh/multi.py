@@ -390,7 +390,6 @@ class MultiEndpointVectorEnvBase(Closeable, Generic[ValueT, ActionT]):
         if errors:
             raise errors[0]
 
-
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{getattr(self, '_num_envs', 0)} lanes on {len(self._endpoints)} endpoints"
         return f"<{type(self).__name__} {state}>"
