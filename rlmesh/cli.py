@@ -23,7 +23,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import statistics
 import sys
 import threading
@@ -399,30 +398,41 @@ def serve(target: str, make_kwargs: tuple[str, ...], address: str, num_envs: int
 
 
 def _container_alive(session: Any) -> str | None:
-    health = session.driver.health(session.container_id, log_lines=20)
+    try:
+        health = session.driver.health(session.container_id, log_lines=20)
+    except ContainerError as exc:  # removed from outside (`docker rm -f`, a reaper)
+        return f"the sandbox container is gone: {exc}"
     if health.running:
         return None
     return f"the sandbox container exited with code {health.exit_code}:\n{health.logs_tail}"
 
 
 def _serve_until_stopped(server: Any, watch: Callable[[], str | None] | None = None) -> None:
-    """Serve until SIGINT/SIGTERM (exit 0) or until ``watch`` reports a problem (exit 1)."""
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    sys.stdout.flush()
-    server.start()
-    problem: str | None = None
-    try:
-        while not stop.wait(1.0):
-            problem = watch() if watch is not None else None
+    """Serve until SIGINT/SIGTERM (exit 0) or until ``watch`` reports a problem (exit 1).
+
+    The server loop runs on this, the main thread, where it may busy-poll; ``watch`` runs
+    every second in a thread of its own and stops the server when it reports a problem.
+    """
+    problems: list[str] = []
+
+    def keep_watching() -> None:
+        assert watch is not None
+        while not server.wait(1.0):
+            try:
+                problem = watch()
+            except Exception as exc:  # a watcher that cannot look must not die silently
+                problem = f"cannot check on the sandbox: {type(exc).__name__}: {exc}"
             if problem:
-                break
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        server.shutdown()
-    if problem:
-        raise ContainerError(problem)
+                problems.append(problem)
+                server.shutdown()
+                return
+
+    if watch is not None:
+        threading.Thread(target=keep_watching, name="rlmesh-serve-watch", daemon=True).start()
+    sys.stdout.flush()
+    server.serve()  # Ctrl-C and SIGTERM end it cleanly
+    if problems:
+        raise ContainerError(problems[0])
     click.echo("Stopped.", err=True)
 
 

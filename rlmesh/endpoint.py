@@ -163,6 +163,7 @@ class Endpoint:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._serving = False
+        self._loop_thread: threading.Thread | None = None
         self._stopped = threading.Event()
         self._closed = False
 
@@ -204,15 +205,16 @@ class Endpoint:
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         self._serving = True
+        self._loop_thread = threading.current_thread()
         try:
             self._loop()
         except KeyboardInterrupt:
             log.info("interrupted; shutting down")
         finally:
-            self._serving = False
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
             self._cleanup()
+            self._serving = False  # after the cleanup: shutdown() then has nothing left to do
 
     def start(self: EndpointT) -> EndpointT:
         """Serve in a background thread and return self."""
@@ -224,9 +226,13 @@ class Endpoint:
         return self
 
     def shutdown(self, timeout: float = 5.0) -> None:
-        """Stop serving and release the socket and what the subclass holds."""
+        """Stop serving and release the socket and what the subclass holds.
+
+        Works from any thread: it wakes the serve loop (of :meth:`start` or :meth:`serve`)
+        and waits up to ``timeout`` seconds for it to clean up.
+        """
         self._stop.set()
-        if self._thread is None:
+        if not self._serving:  # never served, or finished already
             self._cleanup()
             return
         waker = self._context.socket(zmq.DEALER)
@@ -237,8 +243,8 @@ class Endpoint:
         except zmq.ZMQError:  # the loop saw _stop on its own and closed the socket already
             pass
         waker.close()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        if threading.current_thread() is not self._loop_thread:
+            self.wait(timeout)
 
     def __enter__(self: EndpointT) -> EndpointT:
         if self._thread is None:
@@ -270,7 +276,10 @@ class Endpoint:
     def _loop(self) -> None:
         socket = self._socket
         started = time.monotonic()
-        spin_ns = int(self.busy_poll * 1e9)
+        # Only a server that owns its process polls: from a background thread it would hold
+        # the GIL that the rest of the process (often the client itself) is waiting for.
+        owns_process = threading.current_thread() is threading.main_thread()
+        spin_ns = int(self.busy_poll * 1e9) if owns_process else 0
         spin = False
         replied_at = 0
         while not self._stop.is_set():

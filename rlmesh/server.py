@@ -82,7 +82,9 @@ class EnvServer(Endpoint):
         busy_poll: Seconds to keep polling for the next request after a reply, when the
             client's previous request also came that quickly. A client stepping in a loop
             then skips a thread wake-up per step; a slower client costs no CPU. ``0`` turns
-            it off; it is off when fewer than two CPUs are usable (affinity or cgroup quota).
+            it off. It applies only to :meth:`serve` on the main thread (a server in a
+            background thread would hold the GIL its process needs), and only with at least
+            two usable CPUs (affinity and cgroup quota).
 
     One client is attached at a time; a second client gets a
     :class:`~rlmesh.errors.ServerBusyError` until the first closes or times out.

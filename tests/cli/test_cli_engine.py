@@ -162,6 +162,29 @@ def test_serve_a_sandbox_relays_it_and_removes_the_container(driver: RuntimeDriv
     assert owned_by(driver, server.proc.pid) == []
 
 
+@pytest.mark.parametrize(("how", "message"), [
+    ("exit", "the sandbox container exited"),  # the server process in it died
+    ("remove", "the sandbox container is gone"),  # `docker rm -f` from outside
+])
+def test_serve_a_sandbox_exits_1_when_its_container_dies(driver: RuntimeDriver, serving: list[Serving],
+                                                        how: str, message: str) -> None:
+    server = Serving(["gym://CartPole-v1", "--runtime", driver.name, "--address", "tcp://127.0.0.1:0"],
+                     ready_timeout=600)
+    serving.append(server)
+    (container,) = owned_by(driver, server.proc.pid)
+    if how == "exit":
+        driver.client.containers.get(container).kill()  # type: ignore[attr-defined]  # docker or podman SDK
+    else:
+        driver.stop(container, timeout=0)
+    try:
+        assert server.proc.wait(30) == 1
+    except subprocess.TimeoutExpired:
+        raise AssertionError("rlmesh serve kept running after its sandbox container died") from None
+    assert server.proc.stderr is not None
+    assert message in server.proc.stderr.read()
+    assert owned_by(driver, server.proc.pid) == []
+
+
 def test_sandbox_refusals_happen_before_any_build(driver: RuntimeDriver) -> None:
     result = rlmesh("serve", "gym://CartPole-v1", "--runtime", driver.name, "--package", "gymnasium; rm -rf /")
     assert_failure(result)
