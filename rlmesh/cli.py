@@ -23,6 +23,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import sys
 import threading
@@ -430,7 +431,12 @@ def _serve_until_stopped(server: Any, watch: Callable[[], str | None] | None = N
     if watch is not None:
         threading.Thread(target=keep_watching, name="rlmesh-serve-watch", daemon=True).start()
     sys.stdout.flush()
-    server.serve()  # Ctrl-C and SIGTERM end it cleanly
+    # SIGINT stops it even where it was inherited ignored (a background job of a script).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        server.serve()  # Ctrl-C and SIGTERM end it cleanly
+    finally:
+        signal.signal(signal.SIGINT, previous)
     if problems:
         raise ContainerError(problems[0])
     click.echo("Stopped.", err=True)
