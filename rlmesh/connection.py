@@ -35,11 +35,12 @@ from rlmesh.protocol import (
     send_frames,
 )
 
-__all__ = ["Connection"]
+__all__ = ["Connection", "RECEIVE_SLICE_MS"]
 
 log = logging.getLogger(__name__)
 
-_SLICE_MS = 100  # how often a waiting request looks at the connection monitor and deadline
+#: How often (ms) a waiting request, or a multi-endpoint gather, looks at monitors and deadlines.
+RECEIVE_SLICE_MS = 100
 _NOBLOCK = int(zmq.NOBLOCK)
 _ZMTP_HEARTBEAT_MS = 1000
 _ZMTP_TIMEOUT_MS = 10000
@@ -102,7 +103,7 @@ class Connection:
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.HEARTBEAT_IVL, _ZMTP_HEARTBEAT_MS)
         socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, _ZMTP_TIMEOUT_MS)
-        socket.setsockopt(zmq.RCVTIMEO, _SLICE_MS)
+        socket.setsockopt(zmq.RCVTIMEO, RECEIVE_SLICE_MS)
         if "[" in endpoint:
             socket.setsockopt(zmq.IPV6, 1)
         return socket
@@ -160,7 +161,7 @@ class Connection:
         deadline = None if wait is None else time.monotonic() + wait
         socket = self._socket
         while True:
-            # Blocking receives of at most _SLICE_MS each: between them, look at the monitor.
+            # Blocking receives of at most RECEIVE_SLICE_MS each: between them, look at the monitor.
             try:
                 frames = recv_frames(socket)
             except zmq.Again:
@@ -177,7 +178,7 @@ class Connection:
     def poll_reply(self, request_id: int, *, block: bool = False) -> tuple[bool, Any]:
         """Read what has arrived: ``(True, payload)`` once the reply to ``request_id`` is in,
         else ``(False, None)``; an error reply raises its exception. ``block`` waits up to one
-        receive slice (100 ms) for each message instead of returning at once."""
+        receive slice (:data:`RECEIVE_SLICE_MS`) for each message instead of returning at once."""
         flags = 0 if block else _NOBLOCK
         while True:
             try:

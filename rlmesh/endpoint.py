@@ -162,7 +162,6 @@ class Endpoint:
         self._last_seen = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._serving = False
         self._loop_thread: threading.Thread | None = None
         self._stopped = threading.Event()
         self._closed = False
@@ -189,8 +188,9 @@ class Endpoint:
 
     @property
     def serving(self) -> bool:
-        """Whether the serve loop runs (from :meth:`serve` or :meth:`start`)."""
-        return self._serving
+        """Whether the serve loop runs (from :meth:`serve` or :meth:`start`) and has not stopped."""
+        started = self._thread is not None or self._loop_thread is not None
+        return started and not self._stopped.is_set()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until this server has stopped and cleaned up; ``False`` if ``timeout`` passed first.
@@ -204,7 +204,6 @@ class Endpoint:
         previous = None
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-        self._serving = True
         self._loop_thread = threading.current_thread()
         try:
             self._loop()
@@ -213,15 +212,13 @@ class Endpoint:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
-            self._cleanup()
-            self._serving = False  # after the cleanup: shutdown() then has nothing left to do
+            self._cleanup()  # sets _stopped last: from then on shutdown() has nothing to do
 
     def start(self: EndpointT) -> EndpointT:
         """Serve in a background thread and return self."""
         if self._thread is not None:
             raise RuntimeError(f"{self.role} already started")
         self._thread = threading.Thread(target=self.serve, name=f"rlmesh-{self.role}", daemon=True)
-        self._serving = True  # already, so that a check right after start() sees it
         self._thread.start()
         return self
 
@@ -232,7 +229,7 @@ class Endpoint:
         and waits up to ``timeout`` seconds for it to clean up.
         """
         self._stop.set()
-        if not self._serving:  # never served, or finished already
+        if not self.serving:  # never served, or finished already
             self._cleanup()
             return
         waker = self._context.socket(zmq.DEALER)

@@ -25,7 +25,7 @@ from rlmesh.address import to_zmq_endpoint
 from rlmesh.backend import PLAIN, Backend
 from rlmesh.closing import Closeable
 from rlmesh.codec import ObjectArray
-from rlmesh.connection import Connection
+from rlmesh.connection import RECEIVE_SLICE_MS, Connection
 from rlmesh.errors import EnvironmentException
 from rlmesh.protocol import EnvContract, Request
 from rlmesh.spaces import SpaceSpec
@@ -41,7 +41,6 @@ ActionT = TypeVar("ActionT")
 
 #: Gymnasium's autoreset modes, by their wire names.
 AUTORESET_MODES = ("NextStep", "SameStep", "Disabled")
-_SLICE_MS = 100  # how often a gather looks at the connection monitors while waiting
 
 
 class _HasClose(Protocol):
@@ -460,7 +459,7 @@ class MultiEndpointVectorEnvBase(Closeable, Generic[ValueT, ActionT]):
         # receive each, with no poller. The first slice that passes quietly (or a deadline
         # closer than a slice) hands the rest to the poll loop below, which hears from every
         # endpoint at once, so a failing one is reported while the others are still busy.
-        fast = timeout is None or timeout * 1000 > 2 * _SLICE_MS
+        fast = timeout is None or timeout * 1000 > 2 * RECEIVE_SLICE_MS
         for index, (endpoint, _, _) in enumerate(requests):
             if fast:
                 try:
@@ -473,7 +472,7 @@ class MultiEndpointVectorEnvBase(Closeable, Generic[ValueT, ActionT]):
                 fast = False
             waiting.append(index)
         while waiting:
-            slice_ms = _SLICE_MS
+            slice_ms = RECEIVE_SLICE_MS
             if deadline is not None:
                 slice_ms = max(0, min(slice_ms, int((deadline - time.monotonic()) * 1000)))
             ready = dict(self._poller.poll(slice_ms))
