@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from packaging.version import Version
+
 import rlmesh
 from rlmesh._version import __version__
 from rlmesh.errors import SandboxError
@@ -78,6 +80,19 @@ def _cache_dir() -> Path:
     return Path(base) / "rlmesh" / "wheels"
 
 
+def _can_build_in_place() -> bool:
+    """Whether this environment has a setuptools that builds wheels by itself (70.1 or newer).
+
+    Then the build needs no network; a venv made by Python 3.11's ``venv`` holds setuptools 65,
+    which cannot, so pip fetches the backend into an isolated build environment instead.
+    """
+    try:
+        version = metadata.version("setuptools")
+    except metadata.PackageNotFoundError:
+        return False
+    return Version(version) >= Version("70.1")
+
+
 def build_local_wheel(root: Path) -> Path:
     """Build (or reuse) a reproducible wheel of the checkout at ``root``."""
     target = _cache_dir() / _source_hash(root)
@@ -86,8 +101,10 @@ def build_local_wheel(root: Path) -> Path:
         return existing[0]
     log.info("building an rlmesh wheel from %s for the sandbox", root)
     with tempfile.TemporaryDirectory() as scratch:
-        command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                   "--quiet", "--wheel-dir", scratch, str(root)]
+        command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
+                   "--wheel-dir", scratch, str(root)]
+        if _can_build_in_place():
+            command.insert(5, "--no-build-isolation")
         env = {**os.environ, "SOURCE_DATE_EPOCH": _SOURCE_DATE_EPOCH}
         result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
         wheels = sorted(Path(scratch).glob("rlmesh-*.whl"))

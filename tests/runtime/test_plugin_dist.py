@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from pathlib import Path
 
@@ -43,17 +44,21 @@ def run(*command: str) -> str:
 @pytest.mark.timeout(300)
 def test_plugin_installed_in_venv_is_discovered(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
-    # System site packages make the (editable) rlmesh importable without network access.
-    # Without its own pip/setuptools the venv uses the system ones (setuptools>=70 builds
-    # wheels itself; the copy venv bundles would need the separate `wheel` package).
-    run(sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv))
+    # A bare venv of the interpreter running the tests. The test environment's site-packages are
+    # added by a .pth file, so rlmesh, pip and setuptools come from what the test run installed
+    # (never from the machine's base interpreter), while the plugin lands in this venv alone.
+    run(sys.executable, "-m", "venv", "--without-pip", str(venv))
     python = str(venv / "bin" / "python")
+    venv_site = run(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))").strip()
+    ours = dict.fromkeys(sysconfig.get_path(name) for name in ("purelib", "platlib"))
+    Path(venv_site, "test-environment.pth").write_text("\n".join(ours) + "\n")
     # Build from a copy: setuptools writes build/ and *.egg-info next to the sources.
     source = shutil.copytree(PLUGIN_DIST, tmp_path / "plugin_dist")
     run(
         python, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
         "--no-build-isolation", str(source),
     )
+    assert list(Path(venv_site).glob("rlmesh_fake_echo*")), "the plugin must land in the new venv"
 
     found = json.loads(run(python, "-c", PROBE).strip().splitlines()[-1])
 
