@@ -83,13 +83,23 @@ class _RemoteClient(AttachedClient, Generic[ValueT, ActionT]):
         connection = open_connection(self._backend, address, host=host, port=port, path=path,
                            transport=transport, connect_timeout=connect_timeout,
                            request_timeout=request_timeout, heartbeat_interval=heartbeat_interval)
-        contract = EnvContract.from_wire(connection.contract_wire)
-        if contract.vector != self._expects_vector:
+        self._adopt(connection, expect_vector=self._expects_vector)
+
+    def _adopt(self, connection: Connection, contract: EnvContract | None = None, *,
+               expect_vector: bool | None = None) -> None:
+        """Attach ``connection``; if anything fails, detach it so the server is free again."""
+        try:
+            if contract is None:
+                contract = EnvContract.from_wire(connection.contract_wire)
+            if expect_vector is not None and contract.vector != expect_vector:
+                served = f"a vector env with {contract.num_envs} envs" if contract.vector else "a single env"
+                wanted = "RemoteVectorEnv" if contract.vector else "RemoteEnv"
+                raise TypeError(f"the endpoint {connection.address} serves {served}; use {wanted}")
+            self._attach(connection, contract)
+        except BaseException:
+            self._connection = None
             connection.close()
-            served = f"a vector env with {contract.num_envs} envs" if contract.vector else "a single env"
-            wanted = "RemoteVectorEnv" if contract.vector else "RemoteEnv"
-            raise TypeError(f"the endpoint {connection.address} serves {served}; use {wanted}")
-        self._attach(connection, contract)
+            raise
 
     def _attach(self, connection: Connection, contract: EnvContract) -> None:
         backend = self._backend
@@ -267,5 +277,5 @@ def connect(address: str | int | None = None, *, backend: str = "plain",
         raise
     cls: type[_RemoteClient[Any, Any]] = vector if contract.vector else single
     client = cls.__new__(cls)
-    client._attach(connection, contract)
+    client._adopt(connection, contract)
     return client  # type: ignore[return-value]

@@ -1,6 +1,6 @@
 """Values on the wire: a msgpack header plus raw frames for large arrays.
 
-Supported values: ``None``, bool, int, float, str, bytes, lists, tuples, dicts, :class:`Tensor`,
+Supported values: ``None``, bool, int, float, complex, str, bytes, lists, tuples, dicts, :class:`Tensor`,
 NumPy arrays and scalars (encoded without importing NumPy here), Torch tensors, and enums (sent
 as their value). Scalar arrays become Python primitives. Nothing is pickled: decoding can only
 ever produce these plain types, so a peer cannot make us execute anything.
@@ -22,7 +22,7 @@ import msgpack  # type: ignore[import-untyped]
 from rlmesh.errors import ProtocolError
 from rlmesh.tensor import DTYPES, Tensor
 
-__all__ = ["encode", "decode", "TensorFactory", "INLINE_LIMIT", "ObjectArray"]
+__all__ = ["encode", "decode", "EncodeError", "TensorFactory", "INLINE_LIMIT", "ObjectArray"]
 
 INLINE_LIMIT: Final = 32 * 1024
 
@@ -30,6 +30,11 @@ _EXT_TENSOR_INLINE: Final = 1
 _EXT_TENSOR_FRAME: Final = 2
 _EXT_TUPLE: Final = 3
 _EXT_OBJECT_ARRAY: Final = 4
+_EXT_COMPLEX: Final = 5
+_COMPLEX: Final = struct.Struct("<dd")
+#: How deeply tuples and object arrays may nest. Each level is a nested msgpack call that uses
+#: tens of KiB of C stack on decoding, so a deep one would crash the process, not raise.
+MAX_EXTENSION_DEPTH: Final = 64
 
 # Tensor ext payload: dtype index, ndim, dims (u64 LE), then inline bytes or a u32 frame index.
 _DTYPE_NAMES: Final = tuple(sorted(DTYPES))
@@ -43,6 +48,29 @@ _HEADS_LIMIT: Final = 4096
 
 #: Builds a backend value from (dtype, shape, bytes-like) of one decoded tensor.
 TensorFactory = Callable[[str, tuple[int, ...], Any], Any]
+
+
+class EncodeError(TypeError):
+    """A value cannot travel on the wire; ``path`` leads from the encoded value to the culprit.
+
+    ``path`` holds dict keys and list or tuple indices, outermost first.
+    """
+
+    def __init__(self, reason: str, path: tuple[Any, ...] = ()) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.path = path
+
+    def where(self, names: Sequence[str] = ()) -> str:
+        """The path as Python subscripts; ``names`` name the items of a top-level list."""
+        steps = list(self.path)
+        head = "the value"
+        if steps and names and isinstance(steps[0], int) and steps[0] < len(names):
+            head = names[steps.pop(0)]
+        return head + "".join(f"[{step!r}]" for step in steps)
+
+    def __str__(self) -> str:
+        return f"{self.where()}: {self.reason}"
 
 
 class ObjectArray:
@@ -73,8 +101,8 @@ def _numpy_leaf(value: Any) -> tuple[str, tuple[int, ...], Any] | Any:
             return ObjectArray(tuple(value.shape), value.reshape(-1).tolist())
         if name not in DTYPES:
             raise TypeError(
-                f"cannot send a NumPy array of dtype {name}; "
-                f"supported dtypes: {', '.join(sorted(DTYPES))}"
+                f"cannot send a NumPy array of dtype {value.dtype}; convert it first (e.g. "
+                f".tolist() or .astype(...)); supported dtypes: {', '.join(sorted(DTYPES))}"
             )
         if value.dtype.byteorder == ">":
             value = value.astype(value.dtype.newbyteorder("<"))
@@ -142,6 +170,10 @@ def _copying_factory(dtype: str, shape: tuple[int, ...], buffer: Any) -> Tensor:
     return Tensor(buffer, dtype, shape)
 
 
+def _complex_ext(value: complex) -> msgpack.ExtType:
+    return msgpack.ExtType(_EXT_COMPLEX, _COMPLEX.pack(value.real, value.imag))
+
+
 class _Encoder:
     """One thread's msgpack packers, kept between messages.
 
@@ -163,12 +195,20 @@ class _Encoder:
         self.lenient = lenient
         try:
             frames[0] = self.pack(value)
+        except (TypeError, ValueError, OverflowError) as exc:  # msgpack's three ways to refuse
+            if not lenient:
+                raise _locate(value, ()) or EncodeError(str(exc)) from exc
+            frames[:] = [b""]
+            frames[0] = self.pack(_printable(value, set()))
         finally:
             self.frames = []  # don't keep the caller's arrays alive until the next message
         return frames
 
     def pack(self, obj: Any) -> bytes:
         depth = self.depth
+        if depth > MAX_EXTENSION_DEPTH:
+            raise TypeError(f"cannot send tuples or object arrays nested more than "
+                            f"{MAX_EXTENSION_DEPTH} deep; use lists for deeper structures")
         if depth == len(self.packers):
             self.packers.append(msgpack.Packer(default=self.default, strict_types=True, use_bin_type=True))
         packer = self.packers[depth]
@@ -195,6 +235,8 @@ class _Encoder:
             return self.tensor_ext(*leaf)
         if type(leaf) is ObjectArray:
             return msgpack.ExtType(_EXT_OBJECT_ARRAY, self.pack([leaf.shape, leaf.items]))
+        if type(leaf) is complex:  # msgpack packs what default() returns as it is
+            return _complex_ext(leaf)
         return leaf  # a scalar array as a primitive
 
     def default(self, obj: Any) -> Any:
@@ -205,6 +247,8 @@ class _Encoder:
             return self.tensor_ext(obj.dtype, obj.shape, obj.raw)
         if isinstance(obj, tuple):
             return msgpack.ExtType(_EXT_TUPLE, self.pack(list(obj)))
+        if isinstance(obj, complex):
+            return _complex_ext(obj)
         if isinstance(obj, enum.Enum):
             return obj.value
         if isinstance(obj, dict):
@@ -227,10 +271,82 @@ class _Encoder:
         )
 
 
+_MAX_DEPTH: Final = 400  # below msgpack's nesting limit (511) and Python's recursion limit
+
+
+def _encodes(value: Any) -> EncodeError | None:
+    """Why ``value`` alone cannot be encoded, or ``None`` if it can."""
+    encoder = _Encoder()
+    encoder.frames = [b""]
+    try:
+        encoder.pack(value)  # not encode(): that would locate the failure, which called us
+    except (TypeError, ValueError, OverflowError) as exc:
+        return EncodeError(_reason(value, exc))
+    return None
+
+
+def _reason(value: Any, exc: Exception) -> str:
+    if type(value) is int:
+        return f"the int {value} is outside the 64-bit range the wire carries; send it as a str or float"
+    text = str(exc)
+    if text.startswith("cannot send"):  # our own message names the type already
+        return text
+    return f"cannot send a {type(value).__module__}.{type(value).__qualname__}: {text}"
+
+
+def _children(value: Any) -> list[tuple[Any, Any]] | None:
+    if isinstance(value, dict):
+        return list(value.items())
+    if isinstance(value, (list, tuple)):
+        return list(enumerate(value))
+    return None
+
+
+def _locate(value: Any, path: tuple[Any, ...], seen: frozenset[int] = frozenset()) -> EncodeError | None:
+    """The first part of ``value`` that cannot be encoded, with its path; ``None`` if all can.
+
+    Runs only after an encoding failed, so it may afford to encode parts again.
+    """
+    children = _children(value)
+    if children is None:
+        error = _encodes(value)
+        return None if error is None else EncodeError(error.reason, path)
+    if len(path) >= _MAX_DEPTH:
+        return EncodeError(f"nested more than {_MAX_DEPTH} levels deep; flatten it", path)
+    if id(value) in seen:
+        return EncodeError("this container contains itself (a reference cycle); send a copy without the cycle",
+                           path)
+    seen = seen | {id(value)}
+    for key, child in children:
+        if isinstance(value, dict) and _encodes(key) is not None:
+            return EncodeError(f"the dict key {key!r} of type {type(key).__qualname__} cannot be sent", path)
+        found = _locate(child, (*path, key), seen)
+        if found is not None:
+            return found
+    return None
+
+
+def _printable(value: Any, seen: set[int]) -> Any:
+    """A copy of ``value`` where whatever cannot be encoded is its ``repr`` (lenient encoding)."""
+    children = _children(value)
+    if children is None:
+        return value if _encodes(value) is None else repr(value)
+    if id(value) in seen:
+        return "<cycle>"
+    seen.add(id(value))
+    try:
+        if isinstance(value, dict):
+            return {k if _encodes(k) is None else repr(k): _printable(v, seen) for k, v in children}
+        items = [_printable(v, seen) for _, v in children]
+        return tuple(items) if isinstance(value, tuple) else items
+    finally:
+        seen.discard(id(value))
+
+
 class _Decoder:
     """One thread's decoding state; the extension hook is bound once, not per message."""
 
-    __slots__ = ("frames", "make_tensor", "object_array", "ext_hook", "busy")
+    __slots__ = ("frames", "make_tensor", "object_array", "ext_hook", "busy", "depth")
 
     def __init__(self) -> None:
         self.frames: Sequence[Any] = ()
@@ -238,19 +354,32 @@ class _Decoder:
         self.object_array: Callable[[ObjectArray], Any] | None = None
         self.ext_hook = self.extension
         self.busy = False
+        self.depth = 0
 
     def decode(self, frames: Sequence[Any], make_tensor: TensorFactory,
                object_array: Callable[[ObjectArray], Any] | None) -> Any:
         self.frames, self.make_tensor, self.object_array = frames, make_tensor, object_array
         self.busy = True
+        self.depth = 0
         try:
             return self.unpack(frames[0])
         finally:
             self.frames, self.object_array, self.busy = (), None, False
 
     def unpack(self, data: bytes) -> Any:
+        # timestamp=2: msgpack's own timestamp extension decodes to a plain int, never an object.
         return msgpack.unpackb(data, ext_hook=self.ext_hook, strict_map_key=False, raw=False,
-                               use_list=True)
+                               use_list=True, timestamp=2)
+
+    def nested(self, data: bytes) -> Any:
+        """Unpack the payload of a tuple or object-array extension, refusing deep nesting."""
+        if self.depth >= MAX_EXTENSION_DEPTH:
+            raise ProtocolError(f"tuples or object arrays nested more than {MAX_EXTENSION_DEPTH} deep")
+        self.depth += 1
+        try:
+            return self.unpack(data)
+        finally:
+            self.depth -= 1
 
     def extension(self, code: int, data: bytes) -> Any:
         if code in (_EXT_TENSOR_INLINE, _EXT_TENSOR_FRAME):
@@ -270,9 +399,12 @@ class _Decoder:
                 payload = frames[index]
             return self.make_tensor(_DTYPE_NAMES[dtype_code], shape, payload)
         if code == _EXT_TUPLE:
-            return tuple(self.unpack(data))
+            return tuple(self.nested(data))
+        if code == _EXT_COMPLEX:
+            real, imag = _COMPLEX.unpack(data)
+            return complex(real, imag)
         if code == _EXT_OBJECT_ARRAY:
-            shape, items = self.unpack(data)
+            shape, items = self.nested(data)
             array = ObjectArray(tuple(shape), items)
             return self.object_array(array) if self.object_array else array
         raise ProtocolError(f"unknown extension type {code}")
@@ -284,8 +416,9 @@ _per_thread = threading.local()
 def encode(value: Any, *, lenient: bool = False) -> list[Any]:
     """Encode ``value`` into frames: ``[header, *raw_frames]``.
 
-    With ``lenient=True`` values that cannot be encoded become their ``repr`` (used for
-    free-form metadata); otherwise they raise ``TypeError`` naming the type.
+    With ``lenient=True`` values that cannot be encoded become their ``repr`` and reference
+    cycles the string ``"<cycle>"`` (used for free-form metadata); otherwise they raise
+    :class:`EncodeError` (a ``TypeError``) naming where the value sits and its type.
     """
     try:
         encoder: _Encoder = _per_thread.encoder

@@ -34,6 +34,7 @@ from rlmesh.protocol import (
     recv_frames,
     send_frames,
 )
+from rlmesh.timeouts import check_timeout
 
 __all__ = ["Connection", "RECEIVE_SLICE_MS"]
 
@@ -69,9 +70,11 @@ class Connection:
         tensor_factory: codec.TensorFactory | None = None,
         object_array: Callable[[codec.ObjectArray], Any] | None = None,
     ) -> None:
+        connect_timeout = check_timeout("connect_timeout", connect_timeout)
+        self.request_timeout = check_timeout("request_timeout", request_timeout)
+        heartbeat_interval = check_timeout("heartbeat_interval", heartbeat_interval)
         self.endpoint = endpoint
         self.address = to_user_address(endpoint)
-        self.request_timeout = request_timeout
         # The handshake decodes to plain Tensors: space specs hold Tensor bounds whatever the backend.
         self._tensor_factory: codec.TensorFactory | None = None
         self._object_array = object_array
@@ -157,7 +160,7 @@ class Connection:
 
     def receive(self, request_id: int, *, timeout: float | None = None, connecting: bool = False) -> Any:
         """Wait for the reply to ``request_id`` and return its payload (or raise its error)."""
-        wait = self.request_timeout if timeout is None else timeout
+        wait = self.request_timeout if timeout is None else check_timeout("timeout", timeout)
         deadline = None if wait is None else time.monotonic() + wait
         socket = self._socket
         while True:

@@ -26,12 +26,14 @@ from rlmesh.address import to_user_address, to_zmq_endpoint
 from rlmesh.errors import ProtocolError
 from rlmesh.protocol import (
     PROTOCOL_GENERATION,
+    REPLY_FIELDS,
     ErrorKind,
     Request,
     frame_contents,
     recv_frames,
     send_frames,
 )
+from rlmesh.timeouts import check_timeout
 
 __all__ = ["DEFAULT_BUSY_POLL", "Endpoint", "ErrorReply"]
 
@@ -132,11 +134,11 @@ class Endpoint:
     ) -> None:
         if busy_poll < 0:
             raise ValueError(f"busy_poll must be >= 0 seconds (0 turns it off); got {busy_poll!r}")
-        self.session_timeout = session_timeout
+        self.session_timeout = check_timeout("session_timeout", session_timeout)
         # With less than two CPUs a polling server would take turns away from its client, and
         # under a cgroup quota it would spend the quota and get throttled.
         self.busy_poll = busy_poll if _usable_cpus() >= 2 else 0.0
-        self.owner_timeout = owner_timeout
+        self.owner_timeout = check_timeout("owner_timeout", owner_timeout)
         self._tensor_factory = tensor_factory
         self._object_array = object_array
         endpoint = to_zmq_endpoint(address)
@@ -295,7 +297,10 @@ class Endpoint:
                 # the previous reply: a client that steps in a tight loop gets its next reply
                 # without a wake-up, one that thinks for longer costs no CPU.
                 spin = spin_ns > 0 and arrived - replied_at < spin_ns
-                self._handle(frames)
+                try:
+                    self._handle(frames)
+                except Exception:  # a bug of ours must cost one request, never the server
+                    log.exception("could not answer a request; serving on")
                 replied_at = time.perf_counter_ns()
             now = time.monotonic()
             if self._session is not None and now - self._last_seen > self.session_timeout:
@@ -313,12 +318,13 @@ class Endpoint:
             return  # not even an identity and a header: nothing to answer
         identity = frames[0].bytes
         request_id = -1
+        kind = ""
         try:
             request = codec.decode(frame_contents(frames[1:]), self._tensor_factory, self._object_array)
             if not isinstance(request, list) or len(request) != 4 or not isinstance(request[0], str):
                 raise ProtocolError("request must be [kind, request_id, session, payload]")
             kind, request_id, session, payload = request
-            if not isinstance(request_id, int):
+            if not isinstance(request_id, int) or isinstance(request_id, bool):
                 request_id = -1
                 raise ProtocolError("request id must be an integer")
             if kind == Request.HEARTBEAT:
@@ -337,14 +343,22 @@ class Endpoint:
             self._reply(identity, ["error", request_id, _error_payload(ErrorKind.ENVIRONMENT, exc)])
             return
         self._last_seen = time.monotonic()
-        self._reply(identity, ["ok", request_id, result])
+        try:
+            frames = codec.encode(["ok", request_id, result])
+        except codec.EncodeError as exc:  # the env returned something the wire cannot carry
+            where = codec.EncodeError(exc.reason, exc.path[1:]).where(REPLY_FIELDS.get(kind, ()))
+            message = f"the {kind} reply cannot be sent: {where}: {exc.reason}"
+            log.warning("%s", message)
+            self._reply(identity, ["error", request_id, {
+                "kind": ErrorKind.ENVIRONMENT, "type": "EncodeError", "message": message, "traceback": ""}])
+            return
+        self._send(identity, frames)
 
     def _reply(self, identity: bytes, message: list[Any]) -> None:
-        try:
-            frames = codec.encode(message)
-        except TypeError as exc:
-            log.warning("reply not encodable (%s); sending unencodable values as their repr", exc)
-            frames = codec.encode(message, lenient=True)
+        """Send an error reply; it holds only strings and ints, so it always encodes."""
+        self._send(identity, codec.encode(message))
+
+    def _send(self, identity: bytes, frames: list[Any]) -> None:
         try:
             send_frames(self._socket, [identity, *frames])
         except zmq.ZMQError as exc:  # the peer vanished between request and reply

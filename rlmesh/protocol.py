@@ -20,7 +20,7 @@ import zmq
 from rlmesh.errors import ProtocolError
 from rlmesh.spaces import SpaceSpec, spec_from_wire, spec_to_wire
 
-__all__ = ["PROTOCOL_GENERATION", "EnvContract", "Request", "ErrorKind", "send_frames", "recv_frames",
+__all__ = ["PROTOCOL_GENERATION", "EnvContract", "Request", "REPLY_FIELDS", "ErrorKind", "send_frames", "recv_frames",
            "frame_contents"]
 
 #: Bumped whenever the wire format changes incompatibly.
@@ -69,6 +69,13 @@ class Request:
     CLOSE: Final = "close"
     HEARTBEAT: Final = "heartbeat"  # one-way, never answered
     PREDICT: Final = "predict"  # model endpoints only
+
+
+#: Names of the items of list-shaped ``ok`` payloads, for messages about a part of a reply.
+REPLY_FIELDS: Final[dict[str, tuple[str, ...]]] = {
+    Request.RESET: ("observation", "info"),
+    Request.STEP: ("observation", "reward", "terminated", "truncated", "info"),
+}
 
 
 class ErrorKind:

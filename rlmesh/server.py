@@ -29,6 +29,23 @@ def _is_vector(env: Any) -> bool:
     return hasattr(env, "num_envs") and hasattr(env, "single_action_space")
 
 
+def _batched_space(env: Any, name: str, vector: bool) -> Any:
+    """``env.<name>``; for a vector env without it, the batch of ``env.single_<name>``."""
+    space = getattr(env, name, None)
+    if space is not None:
+        return space
+    if not vector:
+        raise TypeError(f"EnvServer needs an env with an {name}; {type(env).__name__} has none")
+    from gymnasium.vector.utils import batch_space
+
+    from rlmesh.gym_spaces import gymnasium_from_spec
+
+    single = getattr(env, f"single_{name}")
+    if type(single).__module__.startswith("rlmesh"):  # an rlmesh Space: batch its Gymnasium twin
+        single = gymnasium_from_spec(single.spec)
+    return batch_space(single, int(env.num_envs))
+
+
 def _as_env(env: Any) -> Any:
     if isinstance(env, (list, tuple)):
         from gymnasium.vector import SyncVectorEnv
@@ -105,10 +122,13 @@ class EnvServer(Endpoint):
     ) -> None:
         self.env = _as_env(env)
         self.check_actions = check_actions
-        self._action_ok = _action_checker(self.env.action_space)
+        self._vector = _is_vector(self.env)
+        # VectorEnvLike promises only the single spaces: derive the batched ones when missing.
+        self._observation_space = _batched_space(self.env, "observation_space", self._vector)
+        self._action_space = _batched_space(self.env, "action_space", self._vector)
+        self._action_ok = _action_checker(self._action_space)
         self.close_env = close_env
         self.contract = self._make_contract()
-        self._vector = self.contract.vector
         super().__init__(address, session_timeout=session_timeout, owner_timeout=owner_timeout,
                          busy_poll=busy_poll, tensor_factory=_decode_tensor_factory())
         log.info("serving %s on %s", self.contract.env_id or type(self.env).__name__, self.address)
@@ -140,7 +160,7 @@ class EnvServer(Endpoint):
             action = _batch_actions(env, action)
         if self.check_actions and not self._action_ok(action):
             raise ErrorReply(ErrorKind.INVALID_ACTION,
-                              f"action {_short_repr(action)} is not in the action space {env.action_space}")
+                              f"action {_short_repr(action)} is not in the action space {self._action_space}")
         obs, reward, terminated, truncated, info = env.step(action)
         return [obs, reward, terminated, truncated, info]
 
@@ -158,14 +178,13 @@ class EnvServer(Endpoint):
         return None if frames is None else frames[env_index]
 
     def _make_contract(self) -> EnvContract:
-        env = self.env
-        vector = _is_vector(env)
+        env, vector = self.env, self._vector
         spec = getattr(env, "spec", None)
         return EnvContract(
             vector=vector,
             num_envs=int(env.num_envs) if vector else 1,
-            observation_space=_space_spec(env.observation_space),
-            action_space=_space_spec(env.action_space),
+            observation_space=_space_spec(self._observation_space),
+            action_space=_space_spec(self._action_space),
             single_observation_space=_space_spec(env.single_observation_space if vector else env.observation_space),
             single_action_space=_space_spec(env.single_action_space if vector else env.action_space),
             metadata=codec.decode(codec.encode(dict(getattr(env, "metadata", {}) or {}), lenient=True)),

@@ -132,7 +132,7 @@ class Tensor:
         if fmt is None or fmt.startswith("Z") or 0 in self._shape:
             return self._bytes
         try:
-            view: memoryview = self._bytes.cast(fmt, self._shape) if self._shape else self._bytes.cast(fmt)  # type: ignore[call-overload]
+            view: memoryview = self._bytes.cast(fmt, self._shape)  # type: ignore[call-overload]
         except ValueError:  # "e" (float16) casts only on Python 3.12+
             return self._bytes
         return view

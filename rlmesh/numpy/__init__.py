@@ -17,7 +17,7 @@ from rlmesh.model import ModelBase
 from rlmesh._sandbox_model import SandboxModelBase
 from rlmesh.model_server import PolicyClientBase
 from rlmesh.multi import MultiEndpointVectorEnvBase
-from rlmesh.spaces import Space, SpaceSpec, ValueAdapter
+from rlmesh.spaces import BoxSpec, DictSpec, Space, SpaceSpec, TupleSpec, ValueAdapter
 from rlmesh.tensor import Tensor
 
 __all__ = [
@@ -134,13 +134,32 @@ def _from_numpy(value: Any) -> Any:
 
 
 def space_from_spec(spec: SpaceSpec) -> Any:
-    """The Gymnasium space a spec describes (or a NumPy-valued rlmesh space without Gymnasium)."""
-    try:
-        from rlmesh.gym_spaces import gymnasium_from_spec
+    """The Gymnasium space a spec describes, or a NumPy-valued rlmesh :class:`~rlmesh.spaces.Space`.
 
-        return gymnasium_from_spec(spec)
-    except ImportError:
-        return Space(spec, ValueAdapter(_to_numpy, _from_numpy))
+    The rlmesh space stands in where Gymnasium is not installed, and where Gymnasium cannot
+    hold the spec exactly: a ``Box`` of a dtype Gymnasium refuses (bfloat16, complex), anywhere
+    in the space. Its ``sample()`` and ``contains()`` work in NumPy values of the served dtype.
+    """
+    if _gymnasium_holds(spec):
+        try:
+            from rlmesh.gym_spaces import gymnasium_from_spec
+
+            return gymnasium_from_spec(spec)
+        except ImportError:
+            pass
+    return Space(spec, ValueAdapter(_to_numpy, _from_numpy))
+
+
+def _gymnasium_holds(spec: SpaceSpec) -> bool:
+    """Whether a Gymnasium space can describe ``spec`` exactly (Box takes bool, int and float)."""
+    if isinstance(spec, BoxSpec):
+        dtype = _numpy_dtype(spec.dtype)
+        return any(np.issubdtype(dtype, kind) for kind in (np.integer, np.floating, np.bool_))
+    if isinstance(spec, DictSpec):
+        return all(_gymnasium_holds(s) for s in spec.spaces.values())
+    if isinstance(spec, TupleSpec):
+        return all(_gymnasium_holds(s) for s in spec.spaces)
+    return True
 
 
 def _adapt_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:

@@ -204,6 +204,55 @@ class ImageEnv(gym.Env[Any, int]):
         return self._frame.copy(), 1.0, False, False, {}
 
 
+def unsendable_values() -> list[tuple[str, Any]]:
+    """Values no wire can carry, with the words the error about each must contain."""
+    cycle: dict[str, Any] = {}
+    cycle["self"] = cycle
+    return [
+        (np.array(["left", "right"]), "dtype <U5"),
+        (np.array(["2020-01-01"], dtype="datetime64[s]"), "dtype datetime64[s]"),
+        (2**64, "outside the 64-bit range"),
+        (cycle, "contains itself"),
+    ]
+
+
+class UnsendableInfoEnv(gym.Env[Any, int]):
+    """Action ``i`` > 0 puts unsendable value ``i - 1`` into ``info["payload"]``; 0 steps cleanly."""
+
+    def __init__(self) -> None:
+        self.observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.action_space = spaces.Discrete(len(unsendable_values()) + 1)
+        self.metadata = {"unsendable": unsendable_values()}  # lenient: sent as text
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action: int) -> Any:
+        info = {"payload": unsendable_values()[action - 1][0]} if action else {}
+        return np.full(2, 0.5, np.float32), 1.0, False, False, info
+
+
+class BareVectorEnv:
+    """Just what ``rlmesh.types.VectorEnvLike`` promises: no batched spaces, no metadata."""
+
+    def __init__(self, num_envs: int = 3) -> None:
+        self.num_envs = num_envs
+        self.single_observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.single_action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        return np.zeros((self.num_envs, 2), np.float32), {}
+
+    def step(self, actions: Any) -> Any:
+        obs = np.repeat(np.asarray(actions, np.float32)[:, None], 2, axis=1)
+        zeros = np.zeros(self.num_envs, bool)
+        return obs, np.ones(self.num_envs), zeros, zeros, {}
+
+    def close(self) -> None:
+        pass
+
+
 def cartpole_vec(num_envs: int = 3, mode: str = "sync", autoreset: str = "NextStep",
                  render_mode: str | None = None) -> Any:
     kwargs: dict[str, Any] = {"render_mode": render_mode} if render_mode else {}
@@ -231,4 +280,8 @@ def make(name: str, **kwargs: Any) -> Any:
         return BigObsEnv(**kwargs)
     if name == "image":
         return ImageEnv(**kwargs)
+    if name == "unsendable_info":
+        return UnsendableInfoEnv()
+    if name == "bare_vector":
+        return BareVectorEnv(**kwargs)
     raise KeyError(f"no test env called {name!r}")
