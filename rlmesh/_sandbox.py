@@ -9,6 +9,8 @@ when heartbeats stop and the next session's reaper removes the remains.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import json
 import logging
 import os
@@ -16,7 +18,7 @@ import re
 import time
 import tomllib
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from types import TracebackType
@@ -45,13 +47,56 @@ _CONTAINER_PORT = 5555
 _VECTORIZATION_MODES = ("sync", "async")
 _MAX_APP_BYTES = 64 * 1024 * 1024
 _SKIPPED_DIRS = {".git", "__pycache__", ".venv", "node_modules", ".mypy_cache", ".pytest_cache"}
-# Settings a config file or mapping may carry: the keyword arguments of the session.
-_SETTING_KEYS = frozenset({
-    "base_image", "rlmesh_package", "packages", "imports", "trust_remote_code",
-    "allow_unpinned_hf", "num_envs", "vectorization_mode", "build_memory", "task",
-    "capabilities", "override", "cwd", "repo_root", "runtime", "startup_timeout",
-    "owner_timeout", "make_kwargs",
-})
+
+
+def _keyword_names(function: Callable[..., object]) -> frozenset[str]:
+    """The names a caller may pass to ``function`` as keywords (``self`` and ``source`` aside)."""
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return frozenset(name for name, parameter in inspect.signature(function).parameters.items()
+                     if parameter.kind in named and name not in ("self", "source"))
+
+
+def _near_misses(keyword: str, options: Iterable[str]) -> list[str]:
+    """The options ``keyword`` was probably meant to be.
+
+    That is an option whose name is spelt closely (a difflib ratio of at least 0.8: typos and
+    singular or plural, ``package``, ``import``, ``capability``), or whose last word is, when
+    that word is long enough to be distinctive (``memory`` of ``build_memory``). Short last
+    words (``mode``, ``image``) are left alone: envs take arguments of such names themselves.
+    """
+    tails: dict[str, list[str]] = {}
+    for option in sorted(options):
+        head, _, tail = option.rpartition("_")
+        if head and len(tail) >= 6:
+            tails.setdefault(tail, []).append(option)
+    meant = difflib.get_close_matches(keyword, options, n=3, cutoff=0.8)
+    meant += [option for tail in difflib.get_close_matches(keyword, tails, n=3, cutoff=0.8)
+              for option in tails[tail]]
+    return list(dict.fromkeys(meant))
+
+
+def _check_keywords(owner: str, keywords: Iterable[str], options: Collection[str], *,
+                    forwarded: bool) -> None:
+    """Refuse, on the host and before anything is built, keywords that are not ``options``.
+
+    With ``forwarded`` (they go on to the env's constructor in the container), only those that
+    look like a misspelt option are refused; without it, all of them. The ``TypeError`` names
+    each one, the option it probably meant, and the known options.
+    """
+    refused = {k: _near_misses(k, options) for k in sorted(set(keywords) - set(options))}
+    if forwarded:
+        refused = {k: meant for k, meant in refused.items() if meant}
+    if not refused:
+        return
+    described = ", ".join(
+        f"{k}=" + (f" (did you mean {' or '.join(f'{m}=' for m in meant)}?)" if meant else "")
+        for k, meant in refused.items())
+    message = f"unknown {owner} options: {described}\n{owner} options: {', '.join(sorted(options))}"
+    if forwarded:
+        example = ", ".join(f"{k!r}: ..." for k in refused)
+        message += ("\nOther keywords go to the env's constructor inside the container; to pass "
+                    f"one of these names there on purpose, use config={{'make_kwargs': {{{example}}}}}")
+    raise TypeError(message)
 
 
 def _load_config(config: Mapping[str, object] | str | os.PathLike[str] | None,
@@ -160,7 +205,9 @@ class SandboxSessionBase(Generic[RemoteT]):
             default ``$RLMESH_RUNTIME`` or the first available.
         startup_timeout: Seconds allowed from container start to a ready server.
         owner_timeout: Seconds without heartbeats after which the server inside stops itself.
-        **gym_make_kwargs: Passed to ``gymnasium.make`` / ``make_vec`` / ``make_env``.
+        **gym_make_kwargs: Passed to ``gymnasium.make`` / ``make_vec`` / ``make_env``. A keyword
+            that looks like a misspelt option (``memroy=``, ``package=``) raises ``TypeError``
+            at once; pass an env argument of such a name as ``config={"make_kwargs": {...}}``.
     """
 
     _client_class: ClassVar[type[Any]]
@@ -193,6 +240,7 @@ class SandboxSessionBase(Generic[RemoteT]):
         self._client: Any = None
         self._finalizer: Any = None
         self.container_id: str | None = None
+        _check_keywords(type(self).__name__, gym_make_kwargs, _SESSION_OPTIONS, forwarded=True)
         base_dir = Path(cwd) if cwd is not None else Path.cwd()
         given = {
             "base_image": base_image, "rlmesh_package": rlmesh_package, "packages": packages,
@@ -337,7 +385,7 @@ class SandboxSessionBase(Generic[RemoteT]):
 
     def _start(self) -> None:
         from rlmesh.runtime import RunSpec, owner_labels
-        from rlmesh.runtime.cleanup import own_container
+        from rlmesh.runtime.cleanup import own_container, watch
 
         spec = RunSpec(
             image=self.image,
@@ -348,6 +396,7 @@ class SandboxSessionBase(Generic[RemoteT]):
             gpus="gpu" in self.capabilities,
             network="network" in self.capabilities,
         )
+        watch(self.driver)  # before run(): a kill during the start leaves no container either
         handle = self.driver.run(spec)
         self.container_id = handle.id
         self._finalizer = own_container(self, self.driver, handle.id)
@@ -456,6 +505,12 @@ class SandboxSessionBase(Generic[RemoteT]):
     def render(self, *, env_index: int = 0) -> Any:
         """Render a frame (for vector sessions, of the env at ``env_index``)."""
         return self.client.render(env_index=env_index)  # type: ignore[attr-defined]
+
+
+#: The sandbox options: keyword arguments of a session. Any other keyword goes to the env.
+_SESSION_OPTIONS = _keyword_names(SandboxSessionBase.__init__)
+#: Settings a config file or mapping may carry: the session's options, and the env's keywords.
+_SETTING_KEYS = (_SESSION_OPTIONS - {"config"}) | {"make_kwargs"}
 
 
 class SandboxEnvBase(SandboxSessionBase[Any], Generic[ValueT, ActionT]):

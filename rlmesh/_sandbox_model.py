@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
-from rlmesh._sandbox import _CONTAINER_PORT, SandboxSessionBase, _app_files
+from rlmesh._sandbox import _CONTAINER_PORT, SandboxSessionBase, _app_files, _check_keywords, _keyword_names
 from rlmesh.errors import SourceError
 from rlmesh.model import ModelBase, ModelSpec
 from rlmesh.results import RunResult
@@ -63,9 +63,8 @@ class SandboxModelBase(SandboxSessionBase[Any], Generic[ObsT, ActT]):
 
     def __init__(self, source: str | os.PathLike[str], *, entry: str | None = None,
                  spec: ModelSpec | None = None, batched: bool = False, **options: Any) -> None:
-        unknown = set(options) - _OPTIONS
-        if unknown:
-            raise TypeError(f"unknown SandboxModel options {sorted(unknown)}; known: {sorted(_OPTIONS)}")
+        known = _OPTIONS | _keyword_names(SandboxModelBase.__init__)
+        _check_keywords(type(self).__name__, options, known, forwarded=False)
         self._entry_option = entry
         self.entry = ""
         self.batched = batched

@@ -3,7 +3,9 @@
 Each started container gets a :func:`weakref.finalize` tied to its session object, which covers
 ``close()``, garbage collection and normal interpreter exit. SIGTERM (which would otherwise kill
 the process without running exit handlers) is turned into the same cleanup. SIGKILL cannot be
-observed: there the sandboxed server stops itself when heartbeats stop, and
+observed from inside: there this process's container watcher (:mod:`rlmesh.runtime.watcher`,
+started with the first owned container) removes the containers. Should the watcher be gone
+too, the sandboxed server stops itself when heartbeats stop, and
 :func:`~rlmesh.runtime.reaper.reap_orphans` removes what is left.
 """
 
@@ -17,8 +19,9 @@ import weakref
 from typing import Any
 
 from rlmesh.runtime.driver import RuntimeDriver
+from rlmesh.runtime.watcher import watch
 
-__all__ = ["own_container"]
+__all__ = ["own_container", "watch"]
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +39,17 @@ def _stop(driver: RuntimeDriver, container_id: str) -> None:
 
 
 def own_container(owner: object, driver: RuntimeDriver, container_id: str) -> weakref.finalize[Any, Any]:
-    """Tie the container's lifetime to ``owner``; call the returned finalizer to stop it now."""
+    """Tie the container's lifetime to ``owner``; call the returned finalizer to stop it now.
+
+    Also makes sure this process's container watcher knows ``driver`` (see :func:`watch`,
+    which callers may call before :meth:`RuntimeDriver.run` already, to cover the start too).
+    """
     finalizer = weakref.finalize(owner, _stop, driver, container_id)
     with _lock:
         _finalizers.add(finalizer)
         _finalizers.difference_update({f for f in _finalizers if not f.alive})
     _install_sigterm_handler()
+    watch(driver)
     return finalizer
 
 

@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from rlmesh.errors import RuntimeDriverError
 
@@ -29,6 +29,8 @@ __all__ = [
 
 #: Called with one line of build output at a time (for progress displays and logs).
 ProgressCallback = Callable[[str], None]
+
+_DriverT = TypeVar("_DriverT", bound="RuntimeDriver")
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,29 @@ class RuntimeDriver(abc.ABC):
 
     #: Registered entry-point name, e.g. ``"docker"``.
     name: ClassVar[str] = ""
+
+    _constructor_arguments: tuple[tuple[Any, ...], dict[str, Any]] = ((), {})
+
+    def __new__(cls: type[_DriverT], *args: Any, **kwargs: Any) -> _DriverT:
+        if (args or kwargs) and cls.__init__ is object.__init__:
+            # What object.__new__ says, which our accepting arguments here would silence.
+            raise TypeError(f"{cls.__name__}() takes no arguments")
+        driver = super().__new__(cls)
+        # Kept for recreate_arguments(), so that every driver, a plugin's too, gets a default.
+        driver._constructor_arguments = (args, dict(kwargs))
+        return driver
+
+    def recreate_arguments(self) -> tuple[Sequence[Any], Mapping[str, Any]] | None:
+        """Positional and keyword arguments that make an equivalent driver in another process.
+
+        When a process that owns containers is killed, its container watcher
+        (:mod:`rlmesh.runtime.watcher`) imports this driver's class and calls it with these
+        arguments (JSON values; passed through a pipe, never on a command line) to remove the
+        process's containers. The default is the arguments this driver was constructed with.
+        Override it when those do not name the engine on their own, or return ``None`` when the
+        engine ends a process's containers with the process anyway (nothing to watch).
+        """
+        return self._constructor_arguments
 
     @property
     def supports_gpus(self) -> bool:

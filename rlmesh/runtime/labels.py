@@ -47,15 +47,20 @@ def _read(path: str) -> str:
         return handle.read().strip()
 
 
-def process_start_time(pid: int) -> str | None:
-    """Start time of ``pid`` in clock ticks since boot, or ``None`` if no such process."""
+def _stat(pid: int) -> list[str] | None:
+    """Fields 3 (state) onwards of ``/proc/PID/stat``, or ``None`` if no such process."""
     try:
         stat = _read(f"/proc/{pid}/stat")
     except (FileNotFoundError, ProcessLookupError):
         return None
     # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return fields[19]  # field 22 of the whole line
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def process_start_time(pid: int) -> str | None:
+    """Start time of ``pid`` in clock ticks since boot, or ``None`` if no such process."""
+    fields = _stat(pid)
+    return None if fields is None else fields[19]  # field 22 of the whole line
 
 
 @functools.cache
@@ -111,8 +116,9 @@ def owner_is_gone(labels: Mapping[str, str]) -> bool:
         start = labels[OWNER_START]
     except (KeyError, ValueError):
         return False
-    current = process_start_time(pid)
-    if current is None:
+    fields = _stat(pid)
+    # A zombie has exited; only its parent has not collected its exit status yet.
+    if fields is None or fields[0] in ("Z", "X", "x"):
         return True
     # A different start time means the pid was reused by an unrelated process.
-    return bool(start) and current != start
+    return bool(start) and fields[19] != start

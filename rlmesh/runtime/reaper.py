@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from rlmesh.errors import RuntimeDriverError
 from rlmesh.runtime.driver import RuntimeDriver
@@ -13,13 +14,15 @@ __all__ = ["reap_orphans"]
 log = logging.getLogger(__name__)
 
 
-def reap_orphans(driver: RuntimeDriver) -> list[str]:
+def reap_orphans(driver: RuntimeDriver, labels: Mapping[str, str] | None = None) -> list[str]:
     """Remove our containers whose owner process on this host has exited; return their ids.
 
-    Containers of live owners, of other hosts and not started by rlmesh are left alone.
+    ``labels`` restricts the sweep to containers that carry them too (the container watcher
+    of a killed process passes that process's owner labels). Containers of live owners, of
+    other hosts and not started by rlmesh are left alone. Running ones are removed by force.
     """
     reaped: list[str] = []
-    for info in driver.list({MANAGED: "true"}):
+    for info in driver.list({**(labels or {}), MANAGED: "true"}):
         if not owner_is_gone(info.labels):
             continue
         try:

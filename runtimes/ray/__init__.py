@@ -261,6 +261,11 @@ class RayDriver(RuntimeDriver):
     def supports_limits(self) -> bool:
         return False  # Ray schedules with resources but never enforces memory or CPU limits
 
+    def recreate_arguments(self) -> None:
+        # No container watcher: Ray removes an owner's (non-detached) actors when the owner's
+        # process exits, SIGKILL included; a watcher would only have to join the cluster.
+        return None
+
     def nodes(self) -> list[tuple[str, str]]:
         """``(node id, node IP)`` of every alive node, sorted by IP (the placement order)."""
         self._connect()

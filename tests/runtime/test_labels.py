@@ -47,6 +47,21 @@ def test_dead_owner_is_gone() -> None:
     assert owner_is_gone({**owner_labels("s"), labels.OWNER_PID: str(pid), labels.OWNER_START: start})
 
 
+def test_zombie_owner_is_gone() -> None:
+    # Killed but not yet waited for by its parent: /proc still lists it, with its start time.
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    mine = {**owner_labels("s"), labels.OWNER_PID: str(child.pid),
+            labels.OWNER_START: labels.process_start_time(child.pid) or ""}
+    assert not owner_is_gone(mine)
+    child.kill()
+    try:
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # exited, left a zombie
+        assert labels.process_start_time(child.pid) == mine[labels.OWNER_START]
+        assert owner_is_gone(mine)
+    finally:
+        child.wait()
+
+
 def test_reused_pid_is_detected_by_start_time() -> None:
     # Our own pid with another start time: the pid now belongs to a different process.
     stale = {**owner_labels("s"), labels.OWNER_START: "1"}

@@ -28,6 +28,7 @@ from rlmesh.errors import (
     SourceError,
 )
 from rlmesh.runtime import RuntimeDriver, reap_orphans
+from rlmesh.runtime.labels import OWNER_PID
 
 from .conftest import IMPORTS, PACKAGES, ours, runtime_argument
 
@@ -146,14 +147,16 @@ def test_garbage_collection_stops_the_container(sandbox_driver: RuntimeDriver) -
     assert container not in ours(sandbox_driver)
 
 
-def _child(mode: str, engine: Any) -> tuple[subprocess.Popen[str], str]:
+def _child(mode: str, engine: Any) -> tuple[subprocess.Popen[str], str, int]:
+    """The child process, its container, and its container watcher's pid."""
     proc = subprocess.Popen(
         [sys.executable, str(HERE / "sandbox_child.py"), mode, runtime_argument(engine)],
         stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.startswith("READY "), f"child did not start: {line!r}, exit {proc.wait()}"
-    return proc, line.split()[1]
+    _, container, watcher = line.split()
+    return proc, container, int(watcher)
 
 
 def _wait_gone(driver: RuntimeDriver, container: str, seconds: float) -> bool:
@@ -166,7 +169,7 @@ def _wait_gone(driver: RuntimeDriver, container: str, seconds: float) -> bool:
 
 
 def test_interpreter_exit_stops_the_container(sandbox_driver: RuntimeDriver, sandbox_engine: Any) -> None:
-    proc, container = _child("exit", sandbox_engine)
+    proc, container, _ = _child("exit", sandbox_engine)
     assert proc.wait(timeout=60) == 0
     assert container not in ours(sandbox_driver)
 
@@ -174,16 +177,19 @@ def test_interpreter_exit_stops_the_container(sandbox_driver: RuntimeDriver, san
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signals_stop_the_container(sandbox_driver: RuntimeDriver, sandbox_engine: Any,
                                     signum: int) -> None:
-    proc, container = _child("wait", sandbox_engine)
+    proc, container, _ = _child("wait", sandbox_engine)
     assert container in ours(sandbox_driver, proc.pid)
     proc.send_signal(signum)
     proc.wait(timeout=60)
     assert container not in ours(sandbox_driver)
 
 
-def test_sigkill_owner_server_stops_itself_and_reaper_removes_it(
+def test_sigkill_owner_and_watcher_server_stops_itself_and_reaper_removes_it(
         sandbox_driver: RuntimeDriver, sandbox_engine: Any) -> None:
-    proc, container = _child("wait", sandbox_engine)
+    # The last line of defence, should the container watcher die with its owner.
+    proc, container, watcher = _child("wait", sandbox_engine)
+    assert watcher
+    os.kill(watcher, signal.SIGKILL)
     proc.kill()
     proc.wait(timeout=30)
     deadline = time.monotonic() + 30
@@ -192,6 +198,24 @@ def test_sigkill_owner_server_stops_itself_and_reaper_removes_it(
         time.sleep(0.5)
     assert container in reap_orphans(sandbox_driver)
     assert container not in ours(sandbox_driver)
+
+
+def test_sigkill_owner_leaves_no_container_behind(sandbox_driver: RuntimeDriver, sandbox_engine: Any) -> None:
+    # kill -9: no exit handler runs in the owner. Within 30 s no container of it may exist,
+    # running or exited. The child stays unreaped (a zombie) meanwhile: its parent may be slow.
+    proc, container, _ = _child("wait", sandbox_engine)
+    assert ours(sandbox_driver, proc.pid) == [container]
+    proc.kill()
+    killed = time.monotonic()
+    while ours(sandbox_driver, proc.pid):
+        if time.monotonic() - killed > 30:
+            left = [(c.id[:12], "running" if c.running else "exited")
+                    for c in sandbox_driver.list({OWNER_PID: str(proc.pid)})]
+            proc.wait(timeout=10)
+            pytest.fail(f"containers of the killed owner still exist 30 s after SIGKILL: {left}")
+        time.sleep(0.2)
+    print(f"[{sandbox_engine.id}] no container left {time.monotonic() - killed:.1f} s after SIGKILL")
+    proc.wait(timeout=10)
 
 
 # --- refusals: each raises before anything is built ----------------------------------------------
