@@ -7,7 +7,9 @@ Serve an env with :class:`EnvServer`, drive it from another process or machine w
 
 from __future__ import annotations
 
+import importlib
 import logging
+from typing import TYPE_CHECKING, Any
 
 from rlmesh._version import __version__
 from rlmesh.client import RemoteEnv, RemoteEnvBase, RemoteVectorEnv, RemoteVectorEnvBase
@@ -20,15 +22,18 @@ from rlmesh.errors import (
     SpecMismatchError,
     VersionMismatchError,
 )
-from rlmesh.model import Model, ModelBase, ModelSpec
 from rlmesh.protocol import PROTOCOL_GENERATION, EnvContract
-from rlmesh.results import EpisodeResult, RunResult
 from rlmesh.server import EnvServer
 from rlmesh.spaces import Space, SpaceSpec, space_from_spec
 from rlmesh.tensor import Tensor
 
+if TYPE_CHECKING:
+    from rlmesh.model import Model, ModelBase, ModelSpec
+    from rlmesh.results import EpisodeResult, RunResult
+
 __all__ = [
     "__version__",
+    "connect",
     "PROTOCOL_GENERATION",
     "EnvContract",
     "EnvServer",
@@ -55,3 +60,34 @@ __all__ = [
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+# Models load on first use: serving or driving an env never imports them.
+_LAZY = {"Model": "rlmesh.model", "ModelBase": "rlmesh.model", "ModelSpec": "rlmesh.model",
+         "EpisodeResult": "rlmesh.results", "RunResult": "rlmesh.results"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rlmesh' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def connect(address: str | int | None = None, *, backend: str = "plain",
+            **kwargs: Any) -> RemoteEnvBase[Any, Any] | RemoteVectorEnvBase[Any, Any]:
+    """Connect to whatever the endpoint serves: a ``RemoteEnv`` or a ``RemoteVectorEnv``.
+
+    One handshake decides the client type. ``backend`` names the flavour: ``"plain"``
+    (this module's clients), ``"numpy"`` or ``"torch"``; other keyword arguments are those
+    of :class:`RemoteEnvBase`.
+    """
+    from rlmesh.client import connect as connect_with
+
+    if backend == "plain":
+        return connect_with(address, **kwargs)
+    if backend not in ("numpy", "torch"):
+        raise ValueError(f"unknown backend {backend!r}; use 'plain', 'numpy' or 'torch'")
+    face = importlib.import_module(f"rlmesh.{backend}")
+    return connect_with(address, clients=(face.RemoteEnv, face.RemoteVectorEnv), **kwargs)

@@ -104,7 +104,7 @@ class SandboxModelBase(SandboxSessionBase[Any], Generic[ObsT, ActT]):
         return {
             "kind": "model",
             "entry": self.entry,
-            "backend": self._model_class._backend_name,
+            "backend": self._model_class._backend.name,
             "batched": self.batched,
             "port": _CONTAINER_PORT,
             "owner_timeout": float(self.settings["owner_timeout"]),

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
 from rlmesh.address import to_zmq_endpoint
-from rlmesh.backend import PLAIN, Backend
+from rlmesh.backends import PLAIN, Backend
 from rlmesh.closing import Closeable
 from rlmesh.connection import Connection
+from rlmesh.multi import MultiEndpointVectorEnv, MultiEndpointVectorEnvBase
 from rlmesh.protocol import EnvContract, Request
 from rlmesh.spaces import SpaceSpec
 
@@ -193,6 +194,8 @@ class RemoteVectorEnvBase(_RemoteClient[ValueT, ActionT]):
     """
 
     _expects_vector = True
+    #: The multi-endpoint env of the same flavour, for :meth:`from_endpoints`.
+    _multi_endpoint_class: ClassVar[type[MultiEndpointVectorEnvBase[Any, Any]]] = MultiEndpointVectorEnv
 
     def _attach(self, connection: Connection, contract: EnvContract) -> None:
         super()._attach(connection, contract)
@@ -233,12 +236,10 @@ class RemoteVectorEnvBase(_RemoteClient[ValueT, ActionT]):
     def from_endpoints(cls, endpoints: Sequence[str | int], **kwargs: Any) -> Any:
         """One vector env over the lanes of many endpoints (single or vector env servers).
 
-        Returns this backend's :class:`~rlmesh.multi.MultiEndpointVectorEnvBase`; keyword
+        Returns this flavour's :class:`~rlmesh.multi.MultiEndpointVectorEnvBase`; keyword
         arguments are its own (``autoreset_mode``, timeouts, ``owned``).
         """
-        from rlmesh.multi import multi_endpoint_class
-
-        return multi_endpoint_class(cls._backend.name)(endpoints, **kwargs)
+        return cls._multi_endpoint_class(endpoints, **kwargs)
 
 
 class RemoteEnv(RemoteEnvBase[Any, Any]):
@@ -249,26 +250,17 @@ class RemoteVectorEnv(RemoteVectorEnvBase[Any, Any]):
     """Dependency-free vector client: array values arrive as :class:`rlmesh.Tensor`."""
 
 
-def _client_classes(backend: str) -> tuple[type[RemoteEnvBase[Any, Any]], type[RemoteVectorEnvBase[Any, Any]]]:
-    if backend == "plain":
-        return RemoteEnv, RemoteVectorEnv
-    if backend == "numpy":
-        from rlmesh import numpy as flavour
-    elif backend == "torch":
-        from rlmesh import torch as flavour  # type: ignore[no-redef]
-    else:
-        raise ValueError(f"unknown backend {backend!r}; use 'plain', 'numpy' or 'torch'")
-    return flavour.RemoteEnv, flavour.RemoteVectorEnv
-
-
-def connect(address: str | int | None = None, *, backend: str = "plain",
+def connect(address: str | int | None = None, *,
+            clients: tuple[type[RemoteEnvBase[Any, Any]], type[RemoteVectorEnvBase[Any, Any]]] = (
+                RemoteEnv, RemoteVectorEnv),
             **kwargs: Any) -> RemoteEnvBase[Any, Any] | RemoteVectorEnvBase[Any, Any]:
     """Connect to whatever the endpoint serves: a ``RemoteEnv`` or a ``RemoteVectorEnv``.
 
-    One handshake decides the client type. ``backend`` is ``"plain"``, ``"numpy"`` or
-    ``"torch"``; other keyword arguments are those of :class:`RemoteEnvBase`.
+    One handshake decides which of ``clients`` (a single and a vector client class of one
+    flavour) is made; other keyword arguments are those of :class:`RemoteEnvBase`.
+    :func:`rlmesh.connect` picks the flavour by name.
     """
-    single, vector = _client_classes(backend)
+    single, vector = clients
     connection = open_connection(single._backend, address, **kwargs)
     try:
         contract = EnvContract.from_wire(connection.contract_wire)

@@ -22,7 +22,7 @@ import msgpack  # type: ignore[import-untyped]
 from rlmesh.errors import ProtocolError
 from rlmesh.tensor import DTYPES, Tensor
 
-__all__ = ["encode", "decode", "EncodeError", "TensorFactory", "INLINE_LIMIT", "ObjectArray"]
+__all__ = ["encode", "decode", "wire_leaf", "EncodeError", "TensorFactory", "INLINE_LIMIT", "ObjectArray"]
 
 INLINE_LIMIT: Final = 32 * 1024
 
@@ -150,6 +150,21 @@ def _array_leaf(value: Any) -> tuple[str, tuple[int, ...], Any] | Any | None:
         return None
     _LEAF_SPLITTERS[type(value)] = split
     return split(value)
+
+
+def wire_leaf(value: Any) -> Any:
+    """A NumPy or Torch array or scalar as a wire value, as the encoder sends it.
+
+    Arrays become an owned :class:`Tensor` (C order, little-endian), 0-d arrays and scalars a
+    Python primitive, object arrays an :class:`ObjectArray`; anything else comes back as is.
+    """
+    leaf = _array_leaf(value)
+    if leaf is None:
+        return value
+    if type(leaf) is tuple:
+        dtype, shape, raw = leaf
+        return Tensor(bytes(raw), dtype, shape)
+    return leaf
 
 
 def _tensor_head(dtype: str, shape: tuple[int, ...]) -> bytes:

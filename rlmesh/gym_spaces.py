@@ -29,7 +29,7 @@ def _tensor(array: Any) -> Tensor:
 
 
 def _array(tensor: Tensor) -> Any:
-    from rlmesh.numpy import asarray
+    from rlmesh.arrays import asarray
 
     return asarray(tensor)
 

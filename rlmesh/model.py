@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
+from rlmesh.backends import PLAIN, Backend
+from rlmesh.client import AttachedClient, RemoteEnv, RemoteEnvBase, RemoteVectorEnv, RemoteVectorEnvBase, _RemoteClient, connect
 from rlmesh.errors import ModelError, SpecMismatchError
 from rlmesh.results import EpisodeResult, LatencyStats, RunResult
 from rlmesh.spaces import (
@@ -33,6 +35,7 @@ __all__ = ["ModelBase", "ModelSpec", "Model"]
 ObsT = TypeVar("ObsT")
 ActT = TypeVar("ActT")
 
+_Clients = tuple[type[RemoteEnvBase[Any, Any]], type[RemoteVectorEnvBase[Any, Any]]]
 _SPEC_TYPES = (BoxSpec, DiscreteSpec, MultiBinarySpec, MultiDiscreteSpec, TextSpec, DictSpec, TupleSpec)
 _NEXT_STEP, _SAME_STEP, _DISABLED = "NextStep", "SameStep", "Disabled"
 
@@ -107,65 +110,11 @@ def _fits(expected: SpaceSpec, served: SpaceSpec) -> bool:
 
 # --- values ----------------------------------------------------------------------------------------
 
-def _leaf_kind(value: Any) -> str:
-    if isinstance(value, Tensor):
-        return "tensor"
-    module = type(value).__module__
-    if module == "numpy" or module.startswith("ml_dtypes"):
-        return "numpy"
-    if module.startswith("torch"):
-        return "torch"
-    return "other"
+def _numpy_values(value: Any) -> Any:
+    """``value`` with NumPy array leaves: what local Gymnasium envs take as actions."""
+    from rlmesh.backends.numpy import BACKEND
 
-
-def _map(value: Any, leaf: Callable[[Any], Any]) -> Any:
-    if isinstance(value, dict):
-        return {k: _map(v, leaf) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return tuple(_map(v, leaf) for v in value)
-    return leaf(value)
-
-
-def _to_plain(value: Any) -> Any:
-    kind = _leaf_kind(value)
-    if kind == "numpy":
-        from rlmesh.numpy import from_array
-
-        return from_array(value)
-    if kind == "torch":
-        from rlmesh.torch import from_tensor
-
-        return from_tensor(value)
-    return value
-
-
-def _to_numpy(value: Any) -> Any:
-    kind = _leaf_kind(value)
-    if kind == "tensor":
-        from rlmesh.numpy import asarray
-
-        return asarray(value)
-    if kind == "torch":
-        return value.detach().cpu().numpy()
-    return value
-
-
-def _to_torch(value: Any) -> Any:
-    kind = _leaf_kind(value)
-    if kind == "tensor":
-        from rlmesh.torch import as_tensor
-
-        return as_tensor(value, copy=True)
-    if kind == "numpy":
-        import numpy as np
-        import torch
-
-        array = np.asarray(value)
-        return torch.from_numpy(array if array.flags.writeable else array.copy())
-    return value
-
-
-_CONVERTERS: dict[str, Callable[[Any], Any]] = {"plain": _to_plain, "numpy": _to_numpy, "torch": _to_torch}
+    return BACKEND.convert(value)
 
 
 def _lane(batch: Any, index: int) -> Any:
@@ -228,17 +177,14 @@ class _Env:
     owner: Any = None  # what close_env closes: a sandbox session, a client, or the env
 
 
-def _resolve(env: Any, backend: str) -> tuple[_Env, bool]:
+def _resolve(env: Any, clients: _Clients) -> tuple[_Env, bool]:
     """Wrap ``env``; the flag says whether we opened it (an address)."""
-    from rlmesh._sandbox import SandboxSessionBase
-    from rlmesh.client import RemoteVectorEnvBase, _RemoteClient, connect
-
     opened = False
     owner = env
     if isinstance(env, str):
-        env = connect(env, backend=backend)
+        env = connect(env, clients=clients)
         owner, opened = env, True
-    elif isinstance(env, SandboxSessionBase):
+    elif isinstance(getattr(env, "client", None), AttachedClient):  # a sandbox session
         env = env.client
         if not isinstance(env, _RemoteClient):
             raise TypeError(f"{type(owner).__name__} does not serve an environment")
@@ -328,7 +274,9 @@ class ModelBase(Generic[ObsT, ActT]):
     :class:`rlmesh.torch.Model`.
     """
 
-    _backend_name: ClassVar[str] = "plain"
+    _backend: ClassVar[Backend] = PLAIN
+    #: The client classes of the same flavour, for envs given as an address.
+    _clients: ClassVar[_Clients] = (RemoteEnv, RemoteVectorEnv)
 
     def __init__(self, source: Callable[[ObsT], ActT] | Any, spec: ModelSpec | None = None, *,
                  batched: bool | None = None) -> None:
@@ -343,7 +291,7 @@ class ModelBase(Generic[ObsT, ActT]):
         self.spec = spec
         self.batched = bool(getattr(source, "batched", False) if batched is None else batched)
         self._predict: Callable[[Any], Any] = predict
-        self._convert = _CONVERTERS[self._backend_name]
+        self._convert = self._backend.convert
 
     def predict(self, observation: ObsT) -> ActT:
         """Call the policy on one observation (or one batch, for batched models)."""
@@ -383,7 +331,7 @@ class ModelBase(Generic[ObsT, ActT]):
         plan = _plan(seeds, episodes)
         if max_steps is not None and max_steps < 1:
             raise ValueError(f"max_steps must be at least 1, got {max_steps}")
-        handle, opened = _resolve(env, self._backend_name)
+        handle, opened = _resolve(env, self._clients)
         try:
             self._check_spec(handle)
             start = time.perf_counter()
@@ -432,7 +380,7 @@ class ModelBase(Generic[ObsT, ActT]):
 
     def _env_action(self, action: Any, handle: _Env) -> Any:
         # Remote envs take any encodable value; local Gymnasium envs want NumPy.
-        return action if handle.remote else _map(action, _to_numpy)
+        return action if handle.remote else _numpy_values(action)
 
     def _run_single(self, handle: _Env, plan: list[int | None], run: _Run) -> list[EpisodeResult]:
         env, convert, results = handle.env, self._convert, []
@@ -449,7 +397,7 @@ class ModelBase(Generic[ObsT, ActT]):
                     truncated = True
                     break
                 action = self._call(
-                    _map(observation, convert), run,
+                    convert(observation), run,
                     lambda: f"in episode {index} (seed {seed}) at step {episode.steps}", index, episode.steps)
                 begin = time.perf_counter()
                 observation, reward, terminated, truncated, info = env.step(self._env_action(action, handle))
@@ -468,11 +416,11 @@ class ModelBase(Generic[ObsT, ActT]):
             return actions  # the server stacks per-lane actions into the vector env's batch
         from rlmesh.gym_spaces import stack
 
-        return stack(handle.single_action_space, [_map(a, _to_numpy) for a in actions], handle.num_envs)
+        return stack(handle.single_action_space, [_numpy_values(a) for a in actions], handle.num_envs)
 
     def _predict_lanes(self, observation: Any, lanes: list[_Episode | None], run: _Run,
                        handle: _Env) -> Any:
-        converted = _map(observation, self._convert)
+        converted = self._convert(observation)
         if self.batched:
             active = [lane for lane in lanes if lane is not None]
             first = min(active, key=lambda lane: lane.index) if active else None
@@ -496,7 +444,7 @@ class ModelBase(Generic[ObsT, ActT]):
         return self._batch_actions(actions, handle)
 
     def _reset_mask(self, mask: list[bool], handle: _Env) -> Any:
-        if handle.remote and self._backend_name == "plain":
+        if handle.remote and self._backend is PLAIN:
             return Tensor(bytes(mask), "bool", (len(mask),))
         import numpy as np
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from rlmesh._version import __version__
-from rlmesh.backend import PLAIN, Backend
+from rlmesh.backends import PLAIN, Backend, backend_named
 from rlmesh.client import AttachedClient, open_connection
 from rlmesh.endpoint import DEFAULT_BUSY_POLL, Endpoint
 from rlmesh.errors import ProtocolError, SourceError
@@ -28,20 +28,6 @@ log = logging.getLogger(__name__)
 
 #: ``kind`` in a model endpoint's handshake (env endpoints send an env contract instead).
 MODEL_KIND = "model"
-
-
-def _backend(name: str) -> Backend:
-    if name == "numpy":
-        from rlmesh.numpy import BACKEND as numpy_backend
-
-        return numpy_backend
-    if name == "torch":
-        from rlmesh.torch import BACKEND as torch_backend
-
-        return torch_backend
-    if name == "plain":
-        return PLAIN
-    raise ValueError(f"unknown backend {name!r}; use 'plain', 'numpy' or 'torch'")
 
 
 def load_policy(app_dir: str | Path, entry: str) -> Callable[[Any], Any]:
@@ -86,7 +72,7 @@ class ModelServer(Endpoint):
                  session_timeout: float = 30.0, owner_timeout: float | None = None,
                  busy_poll: float = DEFAULT_BUSY_POLL) -> None:
         self.predict = predict
-        self.backend = _backend(backend)
+        self.backend = backend_named(backend)
         self.info = dict(info or {})
         super().__init__(address, session_timeout=session_timeout, owner_timeout=owner_timeout,
                          busy_poll=busy_poll, tensor_factory=self.backend.tensor_factory,

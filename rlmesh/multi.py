@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 import zmq
 
 from rlmesh.address import to_zmq_endpoint
-from rlmesh.backend import PLAIN, Backend
+from rlmesh.backends import PLAIN, Backend
 from rlmesh.closing import Closeable
 from rlmesh.codec import ObjectArray
 from rlmesh.connection import RECEIVE_SLICE_MS, Connection
@@ -31,8 +31,7 @@ from rlmesh.protocol import EnvContract, Request
 from rlmesh.spaces import SpaceSpec
 from rlmesh.tensor import Tensor
 
-__all__ = ["MultiEndpointVectorEnvBase", "MultiEndpointVectorEnv", "AUTORESET_MODES",
-           "multi_endpoint_class"]
+__all__ = ["MultiEndpointVectorEnvBase", "MultiEndpointVectorEnv", "AUTORESET_MODES"]
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +71,7 @@ class _Endpoint:
 
 
 def _numpy_backend() -> Backend:
-    from rlmesh.numpy import BACKEND
+    from rlmesh.backends.numpy import BACKEND
 
     return BACKEND
 
@@ -509,20 +508,6 @@ class MultiEndpointVectorEnv(MultiEndpointVectorEnvBase[Any, Any]):
     """Dependency-light multi-endpoint vector env: array values arrive as :class:`rlmesh.Tensor`."""
 
 
-def multi_endpoint_class(backend: str) -> type[MultiEndpointVectorEnvBase[Any, Any]]:
-    """The multi-endpoint vector env of a backend (``"plain"``, ``"numpy"``, ``"torch"``)."""
-    if backend == "plain":
-        return MultiEndpointVectorEnv
-    if backend == "numpy":
-        from rlmesh import numpy as flavour
-    elif backend == "torch":
-        from rlmesh import torch as flavour  # type: ignore[no-redef]
-    else:
-        raise ValueError(f"unknown backend {backend!r}; use 'plain', 'numpy' or 'torch'")
-    cls: type[MultiEndpointVectorEnvBase[Any, Any]] = flavour.MultiEndpointVectorEnv
-    return cls
-
-
 # --- values ---------------------------------------------------------------------------------------
 
 def _named(endpoint: _Endpoint, exc: BaseException) -> BaseException:
@@ -542,19 +527,7 @@ def _is_numpy_int(value: Any) -> bool:
 
 def _to_numpy(value: Any) -> Any:
     """Caller values (NumPy, Torch, rlmesh Tensors; lists of per-lane values) as NumPy."""
-    if isinstance(value, Tensor):
-        from rlmesh.numpy import asarray
-
-        return asarray(value)
-    if isinstance(value, dict):
-        return {k: _to_numpy(v) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return tuple(_to_numpy(v) for v in value)
-    if isinstance(value, list):
-        return [_to_numpy(v) for v in value]
-    if type(value).__module__.startswith("torch") and hasattr(value, "detach"):
-        return value.detach().cpu().numpy()
-    return value
+    return _numpy_backend().convert(value)
 
 
 def _to_backend(backend: Backend, value: Any) -> Any:
@@ -567,7 +540,7 @@ def _to_backend(backend: Backend, value: Any) -> Any:
             return make(ObjectArray(value.shape, items)) if make is not None else items
         array = np.ascontiguousarray(value)
         if backend.tensor_factory is None:
-            from rlmesh.numpy import from_array
+            from rlmesh.arrays import from_array
 
             return from_array(array) if array.ndim else Tensor(array.tobytes(), array.dtype.name, ())
         return backend.tensor_factory(array.dtype.name, array.shape, array.reshape(-1).view(np.uint8).data)

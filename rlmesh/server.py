@@ -74,10 +74,10 @@ def _autoreset_mode(env: Any) -> str | None:
 
 def _decode_tensor_factory() -> codec.TensorFactory | None:
     try:
-        from rlmesh.numpy import _array_from_wire
+        from rlmesh.arrays import array_from_wire
     except ImportError:  # a NumPy-free env gets plain Tensors
         return None
-    return _array_from_wire
+    return array_from_wire
 
 
 class EnvServer(Endpoint):

@@ -12,8 +12,9 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from rlmesh._sandbox import SandboxSessionBase
 from rlmesh.errors import SandboxError
-from rlmesh.multi import MultiEndpointVectorEnvBase, multi_endpoint_class
+from rlmesh.multi import MultiEndpointVectorEnvBase
 
 __all__ = ["spread_vector_env", "lane_groups"]
 
@@ -28,18 +29,10 @@ def lane_groups(num_envs: int, per_endpoint: int) -> list[int]:
     return [per_endpoint] * full + ([rest] if rest else [])
 
 
-def _session_class(backend: str) -> Any:
-    if backend == "numpy":
-        from rlmesh.numpy import SandboxVectorEnv
-    elif backend == "torch":
-        from rlmesh.torch import SandboxVectorEnv  # type: ignore[assignment]
-    else:
-        raise ValueError(f"spread_vector_env needs backend 'numpy' or 'torch', got {backend!r}")
-    return SandboxVectorEnv
-
-
 def spread_vector_env(source: str, num_envs: int, *, per_endpoint: int = 8, runtime: Any = "ray",
-                      backend: str = "numpy", autoreset_mode: Any = None,
+                      session_class: type[SandboxSessionBase[Any]],
+                      env_class: type[MultiEndpointVectorEnvBase[Any, Any]],
+                      autoreset_mode: Any = None,
                       runtime_options: dict[str, Any] | None = None,
                       **sandbox_kwargs: Any) -> MultiEndpointVectorEnvBase[Any, Any]:
     """One vector env of ``num_envs`` lanes, served by sandboxes of ``per_endpoint`` lanes each.
@@ -49,18 +42,22 @@ def spread_vector_env(source: str, num_envs: int, *, per_endpoint: int = 8, runt
         num_envs: Total lanes; lane ``i`` is seeded ``seed + i`` by ``reset(seed=...)``.
         per_endpoint: Lanes per sandbox (the last one gets the remainder).
         runtime: Driver name or instance; ``"ray"`` places the sandboxes on a Ray cluster.
-        backend: ``"numpy"`` or ``"torch"`` values.
+        session_class: The flavour's ``SandboxVectorEnv`` that runs each group of lanes.
+        env_class: The flavour's ``MultiEndpointVectorEnv`` that joins them.
         autoreset_mode: Passed to the sandboxes' vector envs and checked by the client.
         runtime_options: Constructor options of the driver, e.g. ``{"address": "10.0.0.1:6379"}``.
         **sandbox_kwargs: Other ``SandboxVectorEnv`` arguments (``packages``, ``imports``, ...).
 
+    The flavoured faces (:func:`rlmesh.numpy.spread_vector_env`, :func:`rlmesh.torch.spread_vector_env`)
+    pass both classes.
+
     Example:
+        >>> from rlmesh.numpy import spread_vector_env
         >>> env = spread_vector_env("CartPole-v1", 64, per_endpoint=8, runtime="ray",  # doctest: +SKIP
         ...                         runtime_options={"address": "10.0.0.1:6379"})
     """
     from rlmesh.runtime import get_driver
 
-    session_class = _session_class(backend)
     groups = lane_groups(num_envs, per_endpoint)
     driver = get_driver(runtime, **(runtime_options or {}))
     if autoreset_mode is not None:
@@ -86,7 +83,7 @@ def spread_vector_env(source: str, num_envs: int, *, per_endpoint: int = 8, runt
         addresses = [session.address for session in sessions]
         for session in sessions:
             session.client.close()  # detach: the multi-endpoint env attaches its own connections
-        env = multi_endpoint_class(backend)(addresses, autoreset_mode=autoreset_mode, owned=sessions)
+        env = env_class(addresses, autoreset_mode=autoreset_mode, owned=sessions)
     except BaseException:
         for session in sessions:
             session.close()

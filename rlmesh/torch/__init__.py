@@ -10,15 +10,11 @@ from __future__ import annotations
 from typing import Any, Union
 
 from rlmesh._sandbox import SandboxEnvBase, SandboxVectorEnvBase
-from rlmesh.backend import Backend
 from rlmesh.client import RemoteEnvBase, RemoteVectorEnvBase
-from rlmesh.codec import ObjectArray
 from rlmesh.model import ModelBase
 from rlmesh._sandbox_model import SandboxModelBase
 from rlmesh.model_server import PolicyClientBase
 from rlmesh.multi import MultiEndpointVectorEnvBase
-from rlmesh.spaces import Space, SpaceSpec, ValueAdapter
-from rlmesh.tensor import Tensor
 
 __all__ = [
     "TorchValue",
@@ -50,98 +46,11 @@ def ensure_available() -> None:
 
 ensure_available()
 
-import torch  # noqa: E402
-
-_TORCH_VERSION = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
-_WIDE_UNSIGNED = {"uint16", "uint32", "uint64"}
-
-
-def _torch_dtype(name: str) -> Any:
-    if name in _WIDE_UNSIGNED and _TORCH_VERSION < (2, 3):
-        raise TypeError(f"{name} tensors need Torch 2.3 or newer (installed: {torch.__version__})")
-    return getattr(torch, name)
-
-
-def _tensor_from_wire(dtype: str, shape: tuple[int, ...], buffer: Any) -> Any:
-    """Owned, writable Torch tensor from decoded bytes (zero-copy for a private zmq frame)."""
-    torch_dtype = _torch_dtype(dtype)
-    view = memoryview(buffer)
-    if view.readonly:
-        view = memoryview(bytearray(view))
-    if not view.nbytes:
-        return torch.empty(shape, dtype=torch_dtype)
-    return torch.frombuffer(view, dtype=torch_dtype).reshape(shape)
-
-
-def as_tensor(tensor: Tensor | bool | int | float, *, copy: bool = False) -> Any:
-    """A Torch tensor sharing memory with ``tensor`` over DLPack, or a copy with ``copy=True``.
-
-    The shared view is flagged read-only by the export but Torch does not enforce the flag:
-    writing through it corrupts every other view of the same bytes.
-    """
-    if not isinstance(tensor, Tensor):
-        return torch.tensor(tensor)
-    _torch_dtype(tensor.dtype)
-    if tensor.dtype == "bool" and _TORCH_VERSION < (2, 2):  # no bool over DLPack before 2.2
-        return torch.frombuffer(bytearray(tensor.raw), dtype=torch.bool).reshape(tensor.shape)
-    shared = torch.utils.dlpack.from_dlpack(tensor)
-    return shared.clone() if copy else shared
-
-
-def from_tensor(tensor: Any) -> Tensor | bool | int | float:
-    """Encode a Torch tensor (detached, moved to the CPU, copied) as an rlmesh value."""
-    import ctypes
-
-    value = tensor.detach().cpu().contiguous()
-    if value.ndim == 0:
-        item: Any = value.item()
-        return item  # type: ignore[no-any-return]
-    name = str(value.dtype).removeprefix("torch.")
-    nbytes = value.numel() * value.element_size()
-    data = ctypes.string_at(value.data_ptr(), nbytes) if nbytes else b""
-    return Tensor(data, name, tuple(value.shape))
-
-
-def _object_array(array: ObjectArray) -> Any:
-    return array.items
-
-
-def _to_torch(value: Any) -> Any:
-    if isinstance(value, Tensor):
-        return as_tensor(value, copy=True)
-    if isinstance(value, dict):
-        return {k: _to_torch(v) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return tuple(_to_torch(v) for v in value)
-    return value
-
-
-def _from_torch(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return from_tensor(value)
-    if isinstance(value, dict):
-        return {k: _from_torch(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return tuple(_from_torch(v) for v in value)
-    return value
-
-
-def space_from_spec(spec: SpaceSpec) -> Space[TorchValue]:
-    """A space whose ``sample()`` returns Torch values and ``contains()`` accepts them."""
-    return Space(spec, ValueAdapter(_to_torch, _from_torch))
-
-
-BACKEND = Backend("torch", _tensor_from_wire, _object_array, space_from_spec)
+from rlmesh.backends.torch import BACKEND, as_tensor, from_tensor, space_from_spec  # noqa: E402
 
 
 class RemoteEnv(RemoteEnvBase[TorchValue, TorchValue]):
     """Experimental remote env client whose observations, actions and frames are Torch tensors."""
-
-    _backend = BACKEND
-
-
-class RemoteVectorEnv(RemoteVectorEnvBase[TorchValue, TorchValue]):
-    """Experimental remote vector env client with batched Torch values."""
 
     _backend = BACKEND
 
@@ -157,12 +66,19 @@ class MultiEndpointVectorEnv(MultiEndpointVectorEnvBase[TorchValue, TorchValue])
     _backend = BACKEND
 
 
+class RemoteVectorEnv(RemoteVectorEnvBase[TorchValue, TorchValue]):
+    """Experimental remote vector env client with batched Torch values."""
+
+    _backend = BACKEND
+    _multi_endpoint_class = MultiEndpointVectorEnv
+
+
 def spread_vector_env(source: str, num_envs: int, **kwargs: Any) -> MultiEndpointVectorEnv:
     """:func:`rlmesh.spread.spread_vector_env` with Torch values: ``num_envs`` lanes in
     sandboxes of ``per_endpoint`` lanes (``runtime="ray"`` spreads them over a Ray cluster)."""
     from rlmesh.spread import spread_vector_env as spread
 
-    env = spread(source, num_envs, backend="torch", **kwargs)
+    env = spread(source, num_envs, session_class=SandboxVectorEnv, env_class=MultiEndpointVectorEnv, **kwargs)
     assert isinstance(env, MultiEndpointVectorEnv)
     return env
 
@@ -184,7 +100,6 @@ class SandboxVectorEnv(SandboxVectorEnvBase[TorchValue, TorchValue]):
     _client_class = RemoteVectorEnv
 
 
-
 class Model(ModelBase[TorchValue, TorchValue]):
     """Experimental Model whose policy receives Torch observations (local NumPy envs are converted).
 
@@ -193,7 +108,8 @@ class Model(ModelBase[TorchValue, TorchValue]):
         >>> Model(lambda observation: 0).run("127.0.0.1:5555", seeds=[0]).mean_reward  # doctest: +SKIP
     """
 
-    _backend_name = "torch"
+    _backend = BACKEND
+    _clients = (RemoteEnv, RemoteVectorEnv)
 
 
 class _PolicyClient(PolicyClientBase):

@@ -108,7 +108,7 @@ def test_a_client_failing_in_its_constructor_detaches(monkeypatch: pytest.Monkey
         with pytest.raises(ValueError, match="on purpose") as first:
             rnp.RemoteEnv(server.address, heartbeat_interval=None)
         with pytest.raises(ValueError, match="on purpose") as second:
-            rlmesh.client.connect(server.address, backend="numpy")
+            rlmesh.connect(server.address, backend="numpy")
         monkeypatch.undo()
         with rnp.RemoteEnv(server.address, connect_timeout=2.0) as env:  # not ServerBusyError
             assert env.reset(seed=0)[0].shape == (4,)

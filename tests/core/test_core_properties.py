@@ -37,10 +37,10 @@ import rlmesh
 import rlmesh.numpy as rnp
 from rlmesh import ProtocolError, Tensor, codec
 from rlmesh.address import to_zmq_endpoint
-from rlmesh.numpy import _array_from_wire
+from rlmesh.arrays import array_from_wire as _array_from_wire
 from rlmesh.protocol import PROTOCOL_GENERATION, ErrorKind
 from rlmesh.tensor import DTYPES
-from rlmesh.torch import _tensor_from_wire
+from rlmesh.backends.torch import _tensor_from_wire
 
 CORE_DIR = Path(__file__).parent
 ALL_DTYPES = sorted(DTYPES)

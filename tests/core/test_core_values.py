@@ -16,9 +16,9 @@ import torch
 import rlmesh.numpy as rnp
 import rlmesh.torch as rtorch
 from rlmesh import ProtocolError, Tensor, codec
-from rlmesh.numpy import _array_from_wire
+from rlmesh.arrays import array_from_wire as _array_from_wire
 from rlmesh.tensor import DTYPES
-from rlmesh.torch import _tensor_from_wire
+from rlmesh.backends.torch import _tensor_from_wire
 
 ALL_DTYPES = sorted(DTYPES)
 

@@ -40,7 +40,7 @@ ACCEPTED = {
     "SandboxEnv": SESSION | EXAMPLE_MAKE_KWARGS,
     "SandboxVectorEnv": SESSION | keywords(SandboxVectorEnvBase.__init__) | EXAMPLE_MAKE_KWARGS,
     "SandboxModel": set(MODEL_SESSION_OPTIONS) | keywords(SandboxModelBase.__init__),
-    "spread_vector_env": SESSION | keywords(spread_vector_env) | EXAMPLE_MAKE_KWARGS,
+    "spread_vector_env": (SESSION | keywords(spread_vector_env) | EXAMPLE_MAKE_KWARGS) - {"session_class", "env_class"},
 }
 
 

@@ -16,7 +16,7 @@ import rlmesh
 import rlmesh.numpy as rnp
 import rlmesh.torch as rtorch
 from rlmesh import EpisodeResult, ModelError, ModelSpec, RunResult, SpecMismatchError
-from rlmesh.client import connect
+from rlmesh import connect
 from rlmesh.spaces import DiscreteSpec
 
 SEEDS = list(range(12))
