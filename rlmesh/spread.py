@@ -12,7 +12,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from rlmesh._sandbox import SandboxSessionBase
+from rlmesh.sandbox.session import SandboxSessionBase
 from rlmesh.errors import SandboxError
 from rlmesh.multi import MultiEndpointVectorEnvBase
 

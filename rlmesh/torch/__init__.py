@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Union
 
-from rlmesh._sandbox import SandboxEnvBase, SandboxVectorEnvBase
+from rlmesh.sandbox.session import SandboxEnvBase, SandboxVectorEnvBase
 from rlmesh.client import RemoteEnvBase, RemoteVectorEnvBase
 from rlmesh.model import ModelBase
-from rlmesh._sandbox_model import SandboxModelBase
+from rlmesh.sandbox.model import SandboxModelBase
 from rlmesh.model_server import PolicyClientBase
 from rlmesh.multi import MultiEndpointVectorEnvBase
 

@@ -62,7 +62,7 @@ from rlmesh.runtime.driver import (
     RuntimeDriver,
 )
 from rlmesh.runtime.labels import with_owner_labels
-from rlmesh.sandbox_server import CONFIG_VARIABLE
+from rlmesh.sandbox.entry import COMMAND, CONFIG_VARIABLE, build_server
 
 __all__ = ["RayDriver", "ADDRESS_VARIABLE", "NAMESPACE", "SERVER_COMMAND"]
 
@@ -72,7 +72,7 @@ ADDRESS_VARIABLE = "RLMESH_RAY_ADDRESS"
 #: Ray namespace of every actor this driver starts.
 NAMESPACE = "rlmesh"
 #: The one command a Ray endpoint runs: the sandbox server, inside the actor.
-SERVER_COMMAND = ("python", "-m", "rlmesh.sandbox_server")
+SERVER_COMMAND = COMMAND
 _NAME_PREFIX = "rlmesh-"
 _LOG_LINES = 500
 _CALL_TIMEOUT = 30.0
@@ -139,23 +139,7 @@ class ServerActor:
         for module in imports:
             importlib.import_module(module)
         host = str(_ray.util.get_node_ip_address())
-        timeout = float(config.get("owner_timeout", 15.0))
-        if config.get("kind") == "model":
-            from rlmesh.model_server import ModelServer, load_policy
-
-            predict = load_policy(str(app_dir), str(config["entry"]))
-            self._server = ModelServer(predict, f"tcp://{host}:0", backend=str(config.get("backend", "numpy")),
-                                       info={"batched": bool(config.get("batched", False))},
-                                       owner_timeout=timeout, session_timeout=timeout)
-        else:
-            from rlmesh.server import EnvServer
-            from rlmesh.sources import make_env
-
-            env = make_env(config["source"], num_envs=int(config.get("num_envs", 1)),
-                           vector=bool(config.get("vector", False)),
-                           vectorization_mode=str(config.get("vectorization_mode") or "sync"),
-                           app_dir=app_dir, make_kwargs=config.get("make_kwargs") or {})
-            self._server = EnvServer(env, f"tcp://{host}:0", owner_timeout=timeout, session_timeout=timeout)
+        self._server = build_server(config, f"tcp://{host}:0", app_dir)
         # start() (not serve() in a thread of ours) so that shutdown() can wake and join the loop.
         self._server.start()
         threading.Thread(target=self._exit_when_stopped, name="rlmesh-ray-watch", daemon=True).start()

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import rlmesh.numpy as rnp
-from rlmesh._sandbox import SandboxSessionBase
+from rlmesh.sandbox.session import SandboxSessionBase
 
 
 class Reached(Exception):

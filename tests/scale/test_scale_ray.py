@@ -25,7 +25,7 @@ import rlmesh
 from rlmesh.errors import ContainerError, RuntimeDriverError
 from rlmesh.runtime import ImageRecipe, RunSpec, reap_orphans
 from rlmesh.runtime.labels import OWNER_PID, OWNER_START, SESSION
-from rlmesh.sandbox_server import CONFIG_VARIABLE
+from rlmesh.sandbox.entry import CONFIG_VARIABLE
 
 try:
     import ray  # noqa: F401  (only whether it imports matters here)
@@ -141,7 +141,7 @@ def test_orphans_of_a_dead_owner_are_reaped(driver: RayDriver) -> None:
     tag = driver.build(recipe)
     config = {"source": {"kind": "gym", "env_id": "CartPole-v1"}, "vector": False, "port": 5555,
               "owner_timeout": 60.0}
-    handle = driver.run(RunSpec(image=tag, command=["python", "-m", "rlmesh.sandbox_server"],
+    handle = driver.run(RunSpec(image=tag, command=["python", "-m", "rlmesh.sandbox.entry"],
                                 env={CONFIG_VARIABLE: json.dumps(config)}, ports=[5555],
                                 labels={OWNER_PID: str(dead.pid), OWNER_START: "1", SESSION: "orphan"}))
     assert _host(handle.addresses[5555]) in ("127.0.0.2", "127.0.0.3")
@@ -158,7 +158,7 @@ def test_a_failing_start_reports_the_actor_error(driver: RayDriver) -> None:
     tag = driver.build(recipe)
     config = {"source": {"kind": "gym", "env_id": "CartPole-v1"}, "port": 5555}
     with pytest.raises(ContainerError, match="no_such_module_here"):
-        driver.run(RunSpec(image=tag, command=["python", "-m", "rlmesh.sandbox_server"],
+        driver.run(RunSpec(image=tag, command=["python", "-m", "rlmesh.sandbox.entry"],
                            env={CONFIG_VARIABLE: json.dumps(config)}, ports=[5555]))
     assert driver.list({}) == []
 
@@ -169,7 +169,7 @@ def test_refusals_name_the_fix(driver: RayDriver) -> None:
     with pytest.raises(RuntimeDriverError, match="no container images"):
         driver.import_image("/tmp/x.tar", "x:y")
     tag = driver.build(ImageRecipe("FROM scratch\n", packages=()))
-    base = {"image": tag, "command": ["python", "-m", "rlmesh.sandbox_server"],
+    base = {"image": tag, "command": ["python", "-m", "rlmesh.sandbox.entry"],
             "env": {CONFIG_VARIABLE: "{}"}, "ports": [5555]}
     with pytest.raises(RuntimeDriverError, match="never enforces"):
         driver.run(RunSpec(**base, memory="1g"))  # type: ignore[arg-type]
@@ -238,7 +238,7 @@ def test_packages_come_from_an_isolated_runtime_environment(driver: RayDriver) -
                          packages=("inflection==0.5.1",), imports=("inflection",))
     tag = driver.build(recipe)
     config = {"source": {"kind": "gym", "env_id": "CartPole-v1"}, "port": 5555, "owner_timeout": 30.0}
-    handle = driver.run(RunSpec(image=tag, command=["python", "-m", "rlmesh.sandbox_server"],
+    handle = driver.run(RunSpec(image=tag, command=["python", "-m", "rlmesh.sandbox.entry"],
                                 env={CONFIG_VARIABLE: json.dumps(config)}, ports=[5555]))
     try:
         assert driver.health(handle.id).running  # the import check passed inside the actor

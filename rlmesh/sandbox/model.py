@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
-from rlmesh._sandbox import _CONTAINER_PORT, SandboxSessionBase, _app_files, _check_keywords, _keyword_names
+from rlmesh.sandbox.session import _CONTAINER_PORT, SandboxSessionBase, _app_files, _check_keywords, _keyword_names
 from rlmesh.errors import SourceError
 from rlmesh.model import ModelBase, ModelSpec
 from rlmesh.results import RunResult
-from rlmesh.sources import Source
+from rlmesh.sandbox.sources import Source
 
 __all__ = ["SandboxModelBase", "DEFAULT_ENTRY"]
 

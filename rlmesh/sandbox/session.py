@@ -1,0 +1,553 @@
+"""Sandbox sessions: build an isolated image for a source, run it, and drive it remotely.
+
+A session owns one container and one remote client. It depends only on the runtime-driver
+interface (:mod:`rlmesh.runtime`), never on a concrete engine. The container is stopped on
+``close()``, on context exit, on garbage collection, at interpreter exit, on SIGTERM and on any
+error during startup; if the host process is killed outright, the server inside stops itself
+when heartbeats stop and the next session's reaper removes the remains.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import json
+import logging
+import os
+import re
+import time
+import tomllib
+import uuid
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ClassVar, Generic, TypeVar
+
+from rlmesh._version import __version__
+from rlmesh.errors import ContainerError, SandboxError, SourceError, VersionMismatchError
+from rlmesh.protocol import EnvContract
+from rlmesh.runtime.driver import ImageRecipe
+from rlmesh.sandbox.package import resolve_rlmesh_package
+from rlmesh.sandbox.entry import COMMAND, CONFIG_VARIABLE
+from rlmesh.sandbox.sources import Source, parse_source
+from rlmesh.spaces import SpaceSpec
+
+__all__ = ["SandboxSessionBase", "SandboxEnvBase", "SandboxVectorEnvBase", "CAPABILITIES"]
+
+log = logging.getLogger(__name__)
+
+RemoteT = TypeVar("RemoteT")
+ValueT = TypeVar("ValueT")
+ActionT = TypeVar("ActionT")
+
+#: Runtime features a session may request through ``capabilities``.
+CAPABILITIES = frozenset({"gpu", "network"})
+_CONTAINER_PORT = 5555
+_VECTORIZATION_MODES = ("sync", "async")
+_MAX_APP_BYTES = 64 * 1024 * 1024
+_SKIPPED_DIRS = {".git", "__pycache__", ".venv", "node_modules", ".mypy_cache", ".pytest_cache"}
+
+
+def _keyword_names(function: Callable[..., object]) -> frozenset[str]:
+    """The names a caller may pass to ``function`` as keywords (``self`` and ``source`` aside)."""
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return frozenset(name for name, parameter in inspect.signature(function).parameters.items()
+                     if parameter.kind in named and name not in ("self", "source"))
+
+
+def _near_misses(keyword: str, options: Iterable[str]) -> list[str]:
+    """The options ``keyword`` was probably meant to be.
+
+    That is an option whose name is spelt closely (a difflib ratio of at least 0.8: typos and
+    singular or plural, ``package``, ``import``, ``capability``), or whose last word is, when
+    that word is long enough to be distinctive (``memory`` of ``build_memory``). Short last
+    words (``mode``, ``image``) are left alone: envs take arguments of such names themselves.
+    """
+    tails: dict[str, list[str]] = {}
+    for option in sorted(options):
+        head, _, tail = option.rpartition("_")
+        if head and len(tail) >= 6:
+            tails.setdefault(tail, []).append(option)
+    meant = difflib.get_close_matches(keyword, options, n=3, cutoff=0.8)
+    meant += [option for tail in difflib.get_close_matches(keyword, tails, n=3, cutoff=0.8)
+              for option in tails[tail]]
+    return list(dict.fromkeys(meant))
+
+
+def _check_keywords(owner: str, keywords: Iterable[str], options: Collection[str], *,
+                    forwarded: bool) -> None:
+    """Refuse, on the host and before anything is built, keywords that are not ``options``.
+
+    With ``forwarded`` (they go on to the env's constructor in the container), only those that
+    look like a misspelt option are refused; without it, all of them. The ``TypeError`` names
+    each one, the option it probably meant, and the known options.
+    """
+    refused = {k: _near_misses(k, options) for k in sorted(set(keywords) - set(options))}
+    if forwarded:
+        refused = {k: meant for k, meant in refused.items() if meant}
+    if not refused:
+        return
+    described = ", ".join(
+        f"{k}=" + (f" (did you mean {' or '.join(f'{m}=' for m in meant)}?)" if meant else "")
+        for k, meant in refused.items())
+    message = f"unknown {owner} options: {described}\n{owner} options: {', '.join(sorted(options))}"
+    if forwarded:
+        example = ", ".join(f"{k!r}: ..." for k in refused)
+        message += ("\nOther keywords go to the env's constructor inside the container; to pass "
+                    f"one of these names there on purpose, use config={{'make_kwargs': {{{example}}}}}")
+    raise TypeError(message)
+
+
+def _load_config(config: Mapping[str, object] | str | os.PathLike[str] | None,
+                 cwd: Path) -> dict[str, Any]:
+    if config is None:
+        return {}
+    if isinstance(config, Mapping):
+        data: Any = dict(config)
+    else:
+        path = Path(cwd, config)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise SandboxError(f"cannot read sandbox config {str(path)!r}: {exc}") from exc
+        try:
+            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        except (ValueError, tomllib.TOMLDecodeError) as exc:
+            raise SandboxError(f"sandbox config {str(path)!r} is not valid "
+                               f"{'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}") from exc
+        data = data.get("sandbox", data) if isinstance(data, dict) else data
+    if not isinstance(data, dict):
+        raise SandboxError("a sandbox config must be a mapping of settings")
+    unknown = set(data) - _SETTING_KEYS
+    if unknown:
+        raise SandboxError(f"unknown sandbox config keys {sorted(unknown)}; known: {sorted(_SETTING_KEYS)}")
+    return data
+
+
+def _app_files(directory: Path) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    total = 0
+    for path in sorted(directory.rglob("*")):
+        relative = path.relative_to(directory)
+        if any(part in _SKIPPED_DIRS for part in relative.parts) or not path.is_file():
+            continue
+        data = path.read_bytes()
+        total += len(data)
+        if total > _MAX_APP_BYTES:
+            raise SandboxError(f"source directory {directory} holds more than "
+                               f"{_MAX_APP_BYTES >> 20} MiB; keep large assets out of it")
+        files[relative.as_posix()] = data
+    return files
+
+
+def _fetch_hf(source: Source) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise SandboxError('hf:// sources need huggingface_hub: pip install "rlmesh[hf]"') from None
+    try:
+        return Path(snapshot_download(repo_id=source.repo_id or "", revision=source.revision))
+    except Exception as exc:
+        raise SandboxError(f"could not fetch {source.text}: {exc}") from exc
+
+
+def _project_name(requirement: str) -> str:
+    return re.split(r"[\s\[;=<>~!]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _host_pin(name: str) -> str:
+    try:
+        return f"{name}=={metadata.version(name)}"
+    except metadata.PackageNotFoundError:
+        return name
+
+
+def _default_packages(packages: Sequence[str]) -> list[str]:
+    """The user's packages, plus what the sandbox server needs and the user did not name.
+
+    rlmesh's own dependencies and Gymnasium are pinned to the host's versions and installed in
+    the packages layer, so a changed rlmesh wheel rebuilds only its own thin layer.
+    """
+    named = {_project_name(p) for p in packages}
+    needed = [_project_name(r) for r in metadata.requires("rlmesh") or [] if "extra ==" not in r]
+    extra = [_host_pin(name) for name in [*needed, "gymnasium"] if name not in named]
+    return [*extra, *packages]
+
+
+class SandboxSessionBase(Generic[RemoteT]):
+    """An owned container serving one source, and the remote client connected to it.
+
+    Args:
+        source: Gymnasium id, ``gym://ID``, ``hf://owner/repo@sha:suite/task``, or a local
+            directory with an ``env.py`` defining ``make_env``.
+        base_image: Image to build on (default: ``rlmesh-base:bookworm`` or ``$RLMESH_BASE_IMAGE``).
+        rlmesh_package: rlmesh to install inside: pip requirement, wheel path, or ``"local"``.
+            Default: the host's exact version (a wheel of the host's checkout when unreleased).
+        packages: pip requirements installed in the sandbox (Gymnasium is added, pinned to the
+            host's version, unless named).
+        imports: Module names imported at build time; a failing import fails the build.
+        trust_remote_code: Allow an ``hf://`` source's repository code to run.
+        allow_unpinned_hf: Allow an ``hf://`` source without a 40-hex commit revision.
+        num_envs: Environments served (vector sessions).
+        vectorization_mode: ``"sync"`` or ``"async"`` (vector sessions).
+        build_memory: Memory limit for the image build, e.g. ``"2g"``.
+        task: Task to select in a multi-task source (overrides the selector's task).
+        config: A mapping, or a ``.toml``/``.json`` file (top-level or under ``[sandbox]``), with
+            any of these keyword arguments; explicit arguments win.
+        capabilities: Runtime features: ``"gpu"`` (all GPUs; refused clearly where the
+            engine has none) and ``"network"`` (outbound network; off by default).
+        override: A Dockerfile to build instead of the generated recipe (its directory is the
+            build context), or a fragment (no ``FROM``) appended to the generated recipe as root.
+        cwd: Directory that relative paths (local sources, config, override) start from.
+        repo_root: rlmesh checkout used for ``rlmesh_package="local"`` and unreleased hosts.
+        runtime: Driver name (``"docker"``, ``"podman"``, ``"cli"``, a plugin) or instance;
+            default ``$RLMESH_RUNTIME`` or the first available.
+        startup_timeout: Seconds allowed from container start to a ready server.
+        owner_timeout: Seconds without heartbeats after which the server inside stops itself.
+        **gym_make_kwargs: Passed to ``gymnasium.make`` / ``make_vec`` / ``make_env``. A keyword
+            that looks like a misspelt option (``memroy=``, ``package=``) raises ``TypeError``
+            at once; pass an env argument of such a name as ``config={"make_kwargs": {...}}``.
+    """
+
+    _client_class: ClassVar[type[Any]]
+    _vector: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        base_image: str | None = None,
+        rlmesh_package: str | os.PathLike[str] | None = None,
+        packages: Sequence[str] | None = None,
+        imports: Sequence[str] | None = None,
+        trust_remote_code: bool = False,
+        allow_unpinned_hf: bool = False,
+        num_envs: int = 1,
+        vectorization_mode: str | None = None,
+        build_memory: str | None = None,
+        task: str | None = None,
+        config: Mapping[str, object] | str | os.PathLike[str] | None = None,
+        capabilities: Sequence[str] | None = None,
+        override: str | os.PathLike[str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        repo_root: str | os.PathLike[str] | None = None,
+        runtime: Any = None,
+        startup_timeout: float = 120.0,
+        owner_timeout: float = 15.0,
+        **gym_make_kwargs: object,
+    ) -> None:
+        self._client: Any = None
+        self._finalizer: Any = None
+        self.container_id: str | None = None
+        _check_keywords(type(self).__name__, gym_make_kwargs, _SESSION_OPTIONS, forwarded=True)
+        base_dir = Path(cwd) if cwd is not None else Path.cwd()
+        given = {
+            "base_image": base_image, "rlmesh_package": rlmesh_package, "packages": packages,
+            "imports": imports, "build_memory": build_memory, "task": task,
+            "capabilities": capabilities, "override": override, "repo_root": repo_root,
+            "runtime": runtime, "vectorization_mode": vectorization_mode,
+        }
+        settings = _load_config(config, base_dir)
+        settings.update({k: v for k, v in given.items() if v is not None})
+        settings.setdefault("make_kwargs", {})
+        settings["make_kwargs"] = {**settings["make_kwargs"], **gym_make_kwargs}
+        if trust_remote_code:
+            settings["trust_remote_code"] = True
+        if allow_unpinned_hf:
+            settings["allow_unpinned_hf"] = True
+        if num_envs != 1 or "num_envs" not in settings:
+            settings["num_envs"] = num_envs
+        if startup_timeout != 120.0 or "startup_timeout" not in settings:
+            settings["startup_timeout"] = startup_timeout
+        if owner_timeout != 15.0 or "owner_timeout" not in settings:
+            settings["owner_timeout"] = owner_timeout
+        self.settings = settings
+
+        # Every refusal happens here, before anything is built or started.
+        self.source = self._parse_source(source, base_dir)
+        self.num_envs = int(settings["num_envs"])
+        if self.num_envs < 1:
+            raise SandboxError(f"num_envs must be at least 1, got {self.num_envs}")
+        mode = settings.get("vectorization_mode") or "sync"
+        if mode not in _VECTORIZATION_MODES:
+            raise SandboxError(f"vectorization_mode must be one of {_VECTORIZATION_MODES}, got {mode!r}")
+        self.vectorization_mode = mode
+        requested = set(settings.get("capabilities") or ())
+        unknown = requested - CAPABILITIES
+        if unknown:
+            raise SandboxError(f"unknown capabilities {sorted(unknown)}; supported: {sorted(CAPABILITIES)}")
+        self.capabilities = frozenset(requested)
+        try:
+            json.dumps(settings["make_kwargs"])
+        except TypeError as exc:
+            raise SandboxError(f"environment keyword arguments must be JSON values: {exc}") from exc
+
+        # The recipe validates packages, imports and the override before any engine is touched.
+        self.recipe = recipe = self._recipe(base_dir)
+
+        from rlmesh.runtime import get_driver, reap_orphans
+
+        self.driver = get_driver(settings.get("runtime"))
+        try:
+            reaped = reap_orphans(self.driver)
+            if reaped:
+                log.info("removed %d orphaned sandbox container(s)", len(reaped))
+        except Exception as exc:  # reaping is housekeeping; never block a session on it
+            log.warning("could not reap orphaned containers: %s", exc)
+        self.session_id = uuid.uuid4().hex
+        self.image = self._build(recipe)
+        self._start()
+
+    # --- build ----------------------------------------------------------------------------------
+
+    def _parse_source(self, source: str, base_dir: Path) -> Source:
+        """Parse and check the source (subclasses serving other kinds of sources override it)."""
+        settings = self.settings
+        return parse_source(
+            source,
+            trust_remote_code=bool(settings.get("trust_remote_code", False)),
+            allow_unpinned_hf=bool(settings.get("allow_unpinned_hf", False)),
+            task=settings.get("task"),
+            cwd=base_dir,
+        )
+
+    def _source_files(self) -> dict[str, bytes]:
+        """The files copied into the image's app directory."""
+        if self.source.kind == "local" and self.source.path is not None:
+            return _app_files(self.source.path)
+        if self.source.kind == "hf":
+            return _app_files(_fetch_hf(self.source))
+        return {}
+
+    def _recipe(self, base_dir: Path) -> ImageRecipe:
+        from rlmesh_images.recipe import sandbox_recipe, validate_import_name, validate_package_spec
+
+        settings = self.settings
+        packages = _default_packages([validate_package_spec(p) for p in settings.get("packages") or ()])
+        imports = [validate_import_name(name) for name in settings.get("imports") or ()]
+        override = settings.get("override")
+        labels = {"io.rlmesh.managed": "true", "io.rlmesh.version": __version__}
+        app_files = self._source_files()
+        if override is not None:
+            path = Path(base_dir, override)
+            try:
+                text = path.read_text()
+            except OSError as exc:
+                raise SandboxError(f"cannot read override {str(path)!r}: {exc}") from exc
+            if any(line.strip().upper().startswith("FROM ") for line in text.splitlines()):
+                # A complete Dockerfile: the user owns the recipe; its directory is the context.
+                context = {k: v for k, v in _app_files(path.parent).items() if k != path.name}
+                return ImageRecipe(dockerfile=text, context_files=context, labels=labels)
+        package = resolve_rlmesh_package(settings.get("rlmesh_package"), repo_root=settings.get("repo_root"))
+        recipe = sandbox_recipe(
+            base_image=settings.get("base_image"),
+            packages=packages,
+            imports=imports,
+            rlmesh_requirement=package.requirement,
+            rlmesh_wheel=package.wheel,
+            app_files=app_files,
+            labels=labels,
+        )
+        if override is not None:  # a fragment: runs as root after everything else is installed
+            marker = "\nUSER "
+            head, _, tail = recipe.dockerfile.rpartition(marker)
+            dockerfile = f"{head}\nUSER root\n{text.rstrip()}\n{marker.lstrip()}{tail}"
+            recipe = ImageRecipe(dockerfile=dockerfile, context_files=recipe.context_files,
+                                 repository=recipe.repository, labels=recipe.labels)
+        return recipe
+
+    def _build(self, recipe: ImageRecipe) -> str:
+        from rlmesh.progress import progress_lines
+
+        if self.driver.image_exists(recipe.tag):
+            log.debug("image %s is cached", recipe.tag)
+            return str(recipe.tag)
+        with progress_lines(f"Building sandbox image for {self.source.text} ({self.driver.name})") as line:
+            tag: str = self.driver.build(recipe, memory=self.settings.get("build_memory"), progress=line)
+        return tag
+
+    # --- start ----------------------------------------------------------------------------------
+
+    def _server_config(self) -> dict[str, Any]:
+        from rlmesh_images.recipe import APP_DIR
+
+        return {
+            "source": self.source.to_config(),
+            "vector": self._vector,
+            "num_envs": self.num_envs,
+            "vectorization_mode": self.vectorization_mode,
+            "make_kwargs": self.settings["make_kwargs"],
+            "port": _CONTAINER_PORT,
+            "owner_timeout": float(self.settings["owner_timeout"]),
+            "app_dir": APP_DIR,
+        }
+
+    def _start(self) -> None:
+        from rlmesh.runtime import RunSpec, owner_labels
+        from rlmesh.runtime.cleanup import own_container, watch
+
+        spec = RunSpec(
+            image=self.image,
+            command=list(COMMAND),
+            env={CONFIG_VARIABLE: json.dumps(self._server_config())},
+            labels=owner_labels(self.session_id),
+            ports=[_CONTAINER_PORT],
+            gpus="gpu" in self.capabilities,
+            network="network" in self.capabilities,
+        )
+        watch(self.driver)  # before run(): a kill during the start leaves no container either
+        handle = self.driver.run(spec)
+        self.container_id = handle.id
+        self._finalizer = own_container(self, self.driver, handle.id)
+        self.address = handle.addresses[_CONTAINER_PORT]
+        try:
+            self._client = self._connect(float(self.settings["startup_timeout"]))
+        except BaseException:
+            self._finalizer()
+            raise
+        log.info("sandbox %s ready at %s (container %s)", self.source.text, self.address, handle.id[:12])
+
+    def _connect(self, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        assert self.container_id is not None
+        while True:
+            health = self.driver.health(self.container_id, log_lines=40)
+            if not health.running:
+                raise ContainerError(
+                    f"the sandbox container for {self.source.text} exited with code "
+                    f"{health.exit_code} during startup; last log lines:\n{health.logs_tail}",
+                    exit_code=health.exit_code, logs=health.logs_tail)
+            try:
+                return self._client_class(self.address, connect_timeout=0.5)
+            except VersionMismatchError as exc:
+                raise SandboxError(
+                    f"{exc}\nThe sandbox installed a different rlmesh than this host runs; pass "
+                    "rlmesh_package='local' (from a checkout) or a wheel of the host's version"
+                ) from exc
+            except ConnectionError:
+                if time.monotonic() >= deadline:
+                    logs = self.driver.logs(self.container_id, tail=40)
+                    raise ContainerError(
+                        f"the sandbox server for {self.source.text} did not become ready within "
+                        f"{timeout:g} s; last log lines:\n{logs}", logs=logs) from None
+
+    # --- use and close --------------------------------------------------------------------------
+
+    @property
+    def client(self) -> RemoteT:
+        """The owned remote client."""
+        if self._client is None:
+            raise SandboxError("this sandbox session is closed")
+        result: RemoteT = self._client
+        return result
+
+    @property
+    def closed(self) -> bool:
+        return self._client is None
+
+    def close(self) -> None:
+        """Close the client and stop and remove the container. Idempotent."""
+        client, self._client = self._client, None
+        try:
+            if client is not None:
+                client.close()
+        finally:
+            if self._finalizer is not None:
+                self._finalizer()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._client is None else getattr(self, "address", "starting")
+        return f"<{type(self).__name__} {getattr(self, 'source', None) and self.source.text} {state}>"
+
+    # --- the env surface, shared by single and vector sessions ---------------------------------
+
+    @property
+    def env_contract(self) -> EnvContract:
+        contract: EnvContract = self.client.env_contract  # type: ignore[attr-defined]
+        return contract
+
+    @property
+    def metadata(self) -> Mapping[str, object]:
+        metadata: Mapping[str, object] = self.client.metadata  # type: ignore[attr-defined]
+        return metadata
+
+    @property
+    def render_mode(self) -> str | None:
+        mode: str | None = self.client.render_mode  # type: ignore[attr-defined]
+        return mode
+
+    @property
+    def observation_space(self) -> Any:
+        return self.client.observation_space  # type: ignore[attr-defined]
+
+    @property
+    def action_space(self) -> Any:
+        return self.client.action_space  # type: ignore[attr-defined]
+
+    @property
+    def observation_space_spec(self) -> SpaceSpec:
+        spec: SpaceSpec = self.client.observation_space_spec  # type: ignore[attr-defined]
+        return spec
+
+    @property
+    def action_space_spec(self) -> SpaceSpec:
+        spec: SpaceSpec = self.client.action_space_spec  # type: ignore[attr-defined]
+        return spec
+
+    def render(self, *, env_index: int = 0) -> Any:
+        """Render a frame (for vector sessions, of the env at ``env_index``)."""
+        return self.client.render(env_index=env_index)  # type: ignore[attr-defined]
+
+
+#: The sandbox options: keyword arguments of a session. Any other keyword goes to the env.
+_SESSION_OPTIONS = _keyword_names(SandboxSessionBase.__init__)
+#: Settings a config file or mapping may carry: the session's options, and the env's keywords.
+_SETTING_KEYS = (_SESSION_OPTIONS - {"config"}) | {"make_kwargs"}
+
+
+class SandboxEnvBase(SandboxSessionBase[Any], Generic[ValueT, ActionT]):
+    """A sandbox session serving one environment; use it like a Gymnasium env."""
+
+    def reset(self, *, seed: int | None = None, options: dict[str, object] | None = None
+              ) -> tuple[ValueT, dict[str, object]]:
+        result: tuple[ValueT, dict[str, object]] = self.client.reset(seed=seed, options=options)
+        return result
+
+    def step(self, action: ActionT) -> tuple[ValueT, float, bool, bool, dict[str, object]]:
+        result: tuple[ValueT, float, bool, bool, dict[str, object]] = self.client.step(action)
+        return result
+
+
+class SandboxVectorEnvBase(SandboxSessionBase[Any], Generic[ValueT, ActionT]):
+    """A sandbox session serving ``num_envs`` environments as one vector env."""
+
+    _vector = True
+
+    def __init__(self, source: str, num_envs: int = 1, *, vectorization_mode: str = "sync",
+                 **kwargs: Any) -> None:
+        super().__init__(source, num_envs=num_envs, vectorization_mode=vectorization_mode, **kwargs)
+
+    @property
+    def single_observation_space(self) -> Any:
+        return self.client.single_observation_space
+
+    @property
+    def single_action_space(self) -> Any:
+        return self.client.single_action_space
+
+    def reset(self, *, seed: int | list[int] | None = None, options: dict[str, object] | None = None
+              ) -> tuple[ValueT, dict[str, object]]:
+        result: tuple[ValueT, dict[str, object]] = self.client.reset(seed=seed, options=options)
+        return result
+
+    def step(self, actions: ActionT) -> tuple[ValueT, ValueT, ValueT, ValueT, dict[str, object]]:
+        result: tuple[ValueT, ValueT, ValueT, ValueT, dict[str, object]] = self.client.step(actions)
+        return result
