@@ -3,8 +3,9 @@
 A session owns one container and one remote client. It depends only on the runtime-driver
 interface (:mod:`rlmesh.runtime`), never on a concrete engine. The container is stopped on
 ``close()``, on context exit, on garbage collection, at interpreter exit, on SIGTERM and on any
-error during startup; if the host process is killed outright, the server inside stops itself
-when heartbeats stop and the next session's reaper removes the remains.
+error during startup. If the host process is killed outright, a watcher process started with
+the first container (:mod:`rlmesh.runtime.watcher`) removes it within a second; should that
+fail too, the server inside stops itself when heartbeats stop and a later reap removes it.
 """
 
 from __future__ import annotations
