@@ -35,8 +35,9 @@ import numpy as np
 import zmq
 from gymnasium import spaces
 
-from rlmesh import EnvServer, codec
-from rlmesh.endpoint import DEFAULT_BUSY_POLL
+from rlmesh import EnvServer
+from rlmesh.wire import codec
+from rlmesh.protocol.endpoint import DEFAULT_BUSY_POLL
 from rlmesh.numpy import RemoteEnv, RemoteVectorEnv
 
 log = logging.getLogger("bench_core")

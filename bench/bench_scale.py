@@ -37,7 +37,7 @@ import numpy as np
 
 import rlmesh
 import rlmesh.numpy as rnp
-from rlmesh.endpoint import DEFAULT_BUSY_POLL
+from rlmesh.protocol.endpoint import DEFAULT_BUSY_POLL
 
 PER_ENDPOINT = 8
 ENDPOINT_COUNTS = (1, 2, 4)

@@ -12,7 +12,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from rlmesh._version import __version__
-from rlmesh.client import RemoteEnv, RemoteEnvBase, RemoteVectorEnv, RemoteVectorEnvBase
+from rlmesh.client.remote import RemoteEnv, RemoteEnvBase, RemoteVectorEnv, RemoteVectorEnvBase
 from rlmesh.errors import (
     EnvironmentException,
     ModelError,
@@ -22,14 +22,14 @@ from rlmesh.errors import (
     SpecMismatchError,
     VersionMismatchError,
 )
-from rlmesh.protocol import PROTOCOL_GENERATION, EnvContract
-from rlmesh.server import EnvServer
-from rlmesh.spaces import Space, SpaceSpec, space_from_spec
-from rlmesh.tensor import Tensor
+from rlmesh.protocol.messages import PROTOCOL_GENERATION, EnvContract
+from rlmesh.server.env import EnvServer
+from rlmesh.wire.spaces import Space, SpaceSpec, space_from_spec
+from rlmesh.wire.tensor import Tensor
 
 if TYPE_CHECKING:
-    from rlmesh.model import Model, ModelBase, ModelSpec
-    from rlmesh.results import EpisodeResult, RunResult
+    from rlmesh.model.runner import Model, ModelBase, ModelSpec
+    from rlmesh.model.results import EpisodeResult, RunResult
 
 __all__ = [
     "__version__",
@@ -63,7 +63,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 # Models load on first use: serving or driving an env never imports them.
 _LAZY = {"Model": "rlmesh.model", "ModelBase": "rlmesh.model", "ModelSpec": "rlmesh.model",
-         "EpisodeResult": "rlmesh.results", "RunResult": "rlmesh.results"}
+         "EpisodeResult": "rlmesh.model.results", "RunResult": "rlmesh.model.results"}
 
 
 def __getattr__(name: str) -> Any:
@@ -83,7 +83,7 @@ def connect(address: str | int | None = None, *, backend: str = "plain",
     (this module's clients), ``"numpy"`` or ``"torch"``; other keyword arguments are those
     of :class:`RemoteEnvBase`.
     """
-    from rlmesh.client import connect as connect_with
+    from rlmesh.client.remote import connect as connect_with
 
     if backend == "plain":
         return connect_with(address, **kwargs)

@@ -14,7 +14,7 @@ from typing import Any
 
 from rlmesh.sandbox.session import SandboxSessionBase
 from rlmesh.errors import SandboxError
-from rlmesh.multi import MultiEndpointVectorEnvBase
+from rlmesh.client.multi import MultiEndpointVectorEnvBase
 
 __all__ = ["spread_vector_env", "lane_groups"]
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, SupportsFloat, TypeVar, Union, runtime_checkable
 
-from rlmesh.tensor import Tensor
+from rlmesh.wire.tensor import Tensor
 
 __all__ = [
     "EnvLike",

@@ -6,9 +6,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from rlmesh import codec
-from rlmesh.spaces import SpaceSpec, space_from_spec
-from rlmesh.tensor import Tensor
+from rlmesh.wire import codec
+from rlmesh.wire.spaces import SpaceSpec, space_from_spec
+from rlmesh.wire.tensor import Tensor
 
 __all__ = ["Backend", "PLAIN", "leaf_kind"]
 
@@ -34,7 +34,7 @@ class Backend:
     """Decoding and conversion rules of one value flavour.
 
     ``tensor_factory`` builds an owned, writable backend array from decoded tensor bytes
-    (``None`` keeps :class:`~rlmesh.tensor.Tensor` leaves); ``space_from_spec`` builds the
+    (``None`` keeps :class:`~rlmesh.wire.tensor.Tensor` leaves); ``space_from_spec`` builds the
     space wrappers clients expose; ``adapt_metadata`` turns wire metadata into what users of
     that flavour expect (e.g. Gymnasium's ``AutoresetMode`` enum); ``to_leaf`` turns one leaf
     of any flavour (a Tensor, a NumPy array, a Torch tensor) into this flavour's.

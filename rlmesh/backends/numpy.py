@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from rlmesh.arrays import array_from_wire, asarray, from_array, numpy_dtype
+from rlmesh.wire.arrays import array_from_wire, asarray, from_array, numpy_dtype
 from rlmesh.backends.base import Backend, leaf_kind
-from rlmesh.codec import ObjectArray
-from rlmesh.spaces import BoxSpec, DictSpec, Space, SpaceSpec, TupleSpec, ValueAdapter
+from rlmesh.wire.codec import ObjectArray
+from rlmesh.wire.spaces import BoxSpec, DictSpec, Space, SpaceSpec, TupleSpec, ValueAdapter
 
 __all__ = ["BACKEND", "space_from_spec"]
 
@@ -35,7 +35,7 @@ def _wire_leaf(value: Any) -> Any:
 
 
 def space_from_spec(spec: SpaceSpec) -> Any:
-    """The Gymnasium space a spec describes, or a NumPy-valued rlmesh :class:`~rlmesh.spaces.Space`.
+    """The Gymnasium space a spec describes, or a NumPy-valued rlmesh :class:`~rlmesh.wire.spaces.Space`.
 
     The rlmesh space stands in where Gymnasium is not installed, and where Gymnasium cannot
     hold the spec exactly: a ``Box`` of a dtype Gymnasium refuses (bfloat16, complex), anywhere
@@ -43,7 +43,7 @@ def space_from_spec(spec: SpaceSpec) -> Any:
     """
     if _gymnasium_holds(spec):
         try:
-            from rlmesh.gym_spaces import gymnasium_from_spec
+            from rlmesh.backends.gym_spaces import gymnasium_from_spec
 
             return gymnasium_from_spec(spec)
         except ImportError:

@@ -7,9 +7,9 @@ from typing import Any
 import torch
 
 from rlmesh.backends.base import Backend, leaf_kind
-from rlmesh.codec import ObjectArray, wire_leaf
-from rlmesh.spaces import Space, SpaceSpec, ValueAdapter
-from rlmesh.tensor import Tensor
+from rlmesh.wire.codec import ObjectArray, wire_leaf
+from rlmesh.wire.spaces import Space, SpaceSpec, ValueAdapter
+from rlmesh.wire.tensor import Tensor
 
 __all__ = ["BACKEND", "as_tensor", "from_tensor", "space_from_spec"]
 

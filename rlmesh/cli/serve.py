@@ -21,7 +21,7 @@ from rlmesh.cli.targets import (
     parse_make_kwargs,
     sandbox_options,
 )
-from rlmesh.endpoint import DEFAULT_BUSY_POLL
+from rlmesh.protocol.endpoint import DEFAULT_BUSY_POLL
 from rlmesh.errors import ContainerError
 
 __all__ = ["serve"]
@@ -61,7 +61,7 @@ def serve(target: str, make_kwargs: tuple[str, ...], address: str, num_envs: int
     if is_address(target) and not Path(target).is_dir():
         raise click.BadParameter(f"{target!r} is an address; serve needs an env id or source",
                                  param_hint="ENV_ID_OR_SOURCE")
-    from rlmesh.server import EnvServer
+    from rlmesh.server.env import EnvServer
 
     console = make_console()
     if is_sandbox_source(target, sandbox.force):

@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Any, Union
 
 from rlmesh.sandbox.session import SandboxEnvBase, SandboxVectorEnvBase
-from rlmesh.client import RemoteEnvBase, RemoteVectorEnvBase
-from rlmesh.model import ModelBase
+from rlmesh.client.remote import RemoteEnvBase, RemoteVectorEnvBase
+from rlmesh.model.runner import ModelBase
 from rlmesh.sandbox.model import SandboxModelBase
-from rlmesh.model_server import PolicyClientBase
-from rlmesh.multi import MultiEndpointVectorEnvBase
+from rlmesh.client.policy import PolicyClientBase
+from rlmesh.client.multi import MultiEndpointVectorEnvBase
 
 __all__ = [
     "NumpyValue",
@@ -45,7 +45,7 @@ def ensure_available() -> None:
 
 ensure_available()
 
-from rlmesh.arrays import asarray, from_array  # noqa: E402  (after the friendly check above)
+from rlmesh.wire.arrays import asarray, from_array  # noqa: E402  (after the friendly check above)
 from rlmesh.backends.numpy import BACKEND, space_from_spec  # noqa: E402
 
 try:  # Real Gymnasium base classes make remote envs pass isinstance checks and check_env.

@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rlmesh.endpoint import Endpoint
-from rlmesh.model_server import ModelServer, load_policy
+from rlmesh.protocol.endpoint import Endpoint
+from rlmesh.server.model import ModelServer, load_policy
 from rlmesh.sandbox.sources import make_env
-from rlmesh.server import EnvServer
+from rlmesh.server.env import EnvServer
 
 __all__ = ["COMMAND", "CONFIG_VARIABLE", "EXIT_ENV_FAILED", "build_server", "main"]
 

@@ -2,7 +2,7 @@
 
 The session reuses the sandbox machinery of environments (image recipe, runtime driver,
 container ownership and cleanup, startup wait); only the source (a policy file or directory)
-and the in-container server (:class:`~rlmesh.model_server.ModelServer`) differ.
+and the in-container server (:class:`~rlmesh.server.model.ModelServer`) differ.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from rlmesh.sandbox.session import _CONTAINER_PORT, SandboxSessionBase, _app_files, _check_keywords, _keyword_names
 from rlmesh.errors import SourceError
-from rlmesh.model import ModelBase, ModelSpec
-from rlmesh.results import RunResult
+from rlmesh.model.runner import ModelBase, ModelSpec
+from rlmesh.model.results import RunResult
 from rlmesh.sandbox.sources import Source
 
 __all__ = ["SandboxModelBase", "DEFAULT_ENTRY"]

@@ -27,12 +27,12 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from rlmesh._version import __version__
 from rlmesh.errors import ContainerError, SandboxError, SourceError, VersionMismatchError
-from rlmesh.protocol import EnvContract
+from rlmesh.protocol.messages import EnvContract
 from rlmesh.runtime.driver import ImageRecipe
 from rlmesh.sandbox.package import resolve_rlmesh_package
 from rlmesh.sandbox.entry import COMMAND, CONFIG_VARIABLE
 from rlmesh.sandbox.sources import Source, parse_source
-from rlmesh.spaces import SpaceSpec
+from rlmesh.wire.spaces import SpaceSpec
 
 __all__ = ["SandboxSessionBase", "SandboxEnvBase", "SandboxVectorEnvBase", "CAPABILITIES"]
 

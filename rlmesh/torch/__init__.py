@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Any, Union
 
 from rlmesh.sandbox.session import SandboxEnvBase, SandboxVectorEnvBase
-from rlmesh.client import RemoteEnvBase, RemoteVectorEnvBase
-from rlmesh.model import ModelBase
+from rlmesh.client.remote import RemoteEnvBase, RemoteVectorEnvBase
+from rlmesh.model.runner import ModelBase
 from rlmesh.sandbox.model import SandboxModelBase
-from rlmesh.model_server import PolicyClientBase
-from rlmesh.multi import MultiEndpointVectorEnvBase
+from rlmesh.client.policy import PolicyClientBase
+from rlmesh.client.multi import MultiEndpointVectorEnvBase
 
 __all__ = [
     "TorchValue",

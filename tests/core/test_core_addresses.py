@@ -18,9 +18,9 @@ import gymnasium as gym
 import pytest
 
 from rlmesh import EnvServer
-from rlmesh.address import to_user_address, to_zmq_endpoint
+from rlmesh.protocol.address import to_user_address, to_zmq_endpoint
 from rlmesh.numpy import RemoteEnv
-from rlmesh.tensor import DTYPES
+from rlmesh.wire.tensor import DTYPES
 
 
 @pytest.mark.parametrize(("address", "endpoint"), [

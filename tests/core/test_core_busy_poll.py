@@ -17,7 +17,7 @@ import zmq
 
 import rlmesh.numpy as rnp
 from rlmesh import EnvServer
-from rlmesh.endpoint import _spin_recv, _usable_cpus
+from rlmesh.protocol.endpoint import _spin_recv, _usable_cpus
 
 
 @pytest.mark.parametrize("busy_poll", [0.0, 0.05])

@@ -15,8 +15,9 @@ import rlmesh.client
 import rlmesh.types
 import rlmesh.numpy as rnp
 import rlmesh.torch as rtorch
-from rlmesh import EnvironmentException, EnvServer, Tensor, codec
-from rlmesh.spaces import BoxSpec, DictSpec, Space
+from rlmesh import EnvironmentException, EnvServer, Tensor
+from rlmesh.wire import codec
+from rlmesh.wire.spaces import BoxSpec, DictSpec, Space
 
 from core_envs import make, unsendable_values
 

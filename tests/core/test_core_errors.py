@@ -14,11 +14,12 @@ import pytest
 import zmq
 
 import rlmesh
-import rlmesh.connection
+import rlmesh.protocol.connection
 import rlmesh.numpy as rnp
-from rlmesh import EnvironmentException, ServerBusyError, VersionMismatchError, codec
-from rlmesh.address import to_zmq_endpoint
-from rlmesh.protocol import PROTOCOL_GENERATION
+from rlmesh import EnvironmentException, ServerBusyError, VersionMismatchError
+from rlmesh.wire import codec
+from rlmesh.protocol.address import to_zmq_endpoint
+from rlmesh.protocol.messages import PROTOCOL_GENERATION
 
 
 def test_action_outside_the_space_names_the_space(server_pool: Any, clients: Any) -> None:
@@ -172,7 +173,7 @@ def test_request_timeout_breaks_the_client(server_pool: Any, clients: Any) -> No
 def test_package_version_mismatch_names_both_versions(server_pool: Any, clients: Any,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     address = server_pool("cartpole")
-    monkeypatch.setattr(rlmesh.connection, "__version__", "0.0.1.other")
+    monkeypatch.setattr(rlmesh.protocol.connection, "__version__", "0.0.1.other")
     with pytest.raises(VersionMismatchError) as caught:
         rnp.RemoteEnv(address)
     message = str(caught.value)
@@ -186,7 +187,7 @@ def test_package_version_mismatch_names_both_versions(server_pool: Any, clients:
 def test_protocol_generation_mismatch_names_both_sides(server_pool: Any, clients: Any,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     address = server_pool("cartpole")
-    monkeypatch.setattr(rlmesh.connection, "PROTOCOL_GENERATION", PROTOCOL_GENERATION + 41)
+    monkeypatch.setattr(rlmesh.protocol.connection, "PROTOCOL_GENERATION", PROTOCOL_GENERATION + 41)
     with pytest.raises(VersionMismatchError) as caught:
         rnp.RemoteEnv(address)
     message = str(caught.value)
@@ -209,7 +210,7 @@ def _request(kind: Any, request_id: Any, session: Any, payload: Any) -> bytes:
     return packed
 
 
-FLOAT32 = sorted(rlmesh.tensor.DTYPES).index("float32")
+FLOAT32 = sorted(rlmesh.wire.tensor.DTYPES).index("float32")
 HOSTILE: list[tuple[str, list[bytes]]] = [
     ("garbage", [b"garbage bytes \x00\xff"]),
     ("empty header", [b""]),

@@ -35,11 +35,12 @@ from hypothesis import strategies as st
 
 import rlmesh
 import rlmesh.numpy as rnp
-from rlmesh import ProtocolError, Tensor, codec
-from rlmesh.address import to_zmq_endpoint
-from rlmesh.arrays import array_from_wire as _array_from_wire
-from rlmesh.protocol import PROTOCOL_GENERATION, ErrorKind
-from rlmesh.tensor import DTYPES
+from rlmesh import ProtocolError, Tensor
+from rlmesh.wire import codec
+from rlmesh.protocol.address import to_zmq_endpoint
+from rlmesh.wire.arrays import array_from_wire as _array_from_wire
+from rlmesh.protocol.messages import PROTOCOL_GENERATION, ErrorKind
+from rlmesh.wire.tensor import DTYPES
 from rlmesh.backends.torch import _tensor_from_wire
 
 CORE_DIR = Path(__file__).parent
@@ -586,7 +587,8 @@ def test_a_deeply_nested_tuple_decodes_or_is_refused() -> None:
     # Nested tuples are sendable; one the encoder accepts must decode or raise ProtocolError.
     # In a child process, since the failure mode is a crash.
     script = textwrap.dedent("""
-        from rlmesh import ProtocolError, codec
+        from rlmesh import ProtocolError
+        from rlmesh.wire import codec
         value = ()
         for _ in range(300):
             value = (value,)

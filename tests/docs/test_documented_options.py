@@ -21,7 +21,7 @@ import pytest
 from rlmesh.sandbox.session import SandboxSessionBase, SandboxVectorEnvBase
 from rlmesh.sandbox.model import _OPTIONS as MODEL_SESSION_OPTIONS
 from rlmesh.sandbox.model import SandboxModelBase
-from rlmesh.server import EnvServer
+from rlmesh.server.env import EnvServer
 from rlmesh.spread import spread_vector_env
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"

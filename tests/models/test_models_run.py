@@ -17,7 +17,7 @@ import rlmesh.numpy as rnp
 import rlmesh.torch as rtorch
 from rlmesh import EpisodeResult, ModelError, ModelSpec, RunResult, SpecMismatchError
 from rlmesh import connect
-from rlmesh.spaces import DiscreteSpec
+from rlmesh.wire.spaces import DiscreteSpec
 
 SEEDS = list(range(12))
 AUTORESET_MODES = ["NextStep", "SameStep", "Disabled"]

@@ -17,7 +17,7 @@ import rlmesh.numpy as rnp
 import rlmesh.torch as rtorch
 from rlmesh import ModelError, ProtocolError, ServerBusyError
 from rlmesh.errors import SourceError
-from rlmesh.model_server import ModelServer, load_policy
+from rlmesh.server.model import ModelServer, load_policy
 
 POLICY = textwrap.dedent('''
     import numpy as np
@@ -125,7 +125,7 @@ def test_one_client_at_a_time_and_kinds_do_not_mix(served: ModelServer, server_p
 
 def test_model_server_in_its_own_process(policy_dir: Path) -> None:
     script = textwrap.dedent(f'''
-        from rlmesh.model_server import ModelServer, load_policy
+        from rlmesh.server.model import ModelServer, load_policy
         server = ModelServer(load_policy({str(policy_dir)!r}, "policy.py:predict"), owner_timeout=5.0)
         print("READY", server.address, flush=True)
         server.serve()

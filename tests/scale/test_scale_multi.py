@@ -20,7 +20,7 @@ import rlmesh
 import rlmesh.numpy as rnp
 import rlmesh.torch as rtorch
 from rlmesh.errors import EnvironmentException
-from rlmesh.multi import MultiEndpointVectorEnv
+from rlmesh.client.multi import MultiEndpointVectorEnv
 
 # Vector and single-env endpoints, interleaved: lanes 0-2, 3, 4-5, 6.
 LAYOUT = [3, 1, 2, 1]

@@ -1,4 +1,4 @@
-"""Serve a policy over the rlmesh wire protocol, and the client that calls it.
+"""Serve a policy over the rlmesh wire protocol (its client is :mod:`rlmesh.client.policy`).
 
 A model endpoint speaks the same protocol as :class:`~rlmesh.server.EnvServer`: the same
 frames and codec, the same ``hello`` with its version check, sessions and heartbeats; instead
@@ -13,21 +13,17 @@ import logging
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from rlmesh._version import __version__
-from rlmesh.backends import PLAIN, Backend, backend_named
-from rlmesh.client import AttachedClient, open_connection
-from rlmesh.endpoint import DEFAULT_BUSY_POLL, Endpoint
+from rlmesh.backends import backend_named
+from rlmesh.protocol.endpoint import DEFAULT_BUSY_POLL, Endpoint
 from rlmesh.errors import ProtocolError, SourceError
-from rlmesh.protocol import PROTOCOL_GENERATION, Request
+from rlmesh.protocol.messages import MODEL_KIND, PROTOCOL_GENERATION, Request
 
-__all__ = ["ModelServer", "PolicyClientBase", "load_policy", "MODEL_KIND"]
+__all__ = ["ModelServer", "load_policy"]
 
 log = logging.getLogger(__name__)
-
-#: ``kind`` in a model endpoint's handshake (env endpoints send an env contract instead).
-MODEL_KIND = "model"
 
 
 def load_policy(app_dir: str | Path, entry: str) -> Callable[[Any], Any]:
@@ -87,29 +83,3 @@ class ModelServer(Endpoint):
         if kind == Request.PREDICT:
             return self.predict(payload)
         raise ProtocolError(f"unknown request kind {kind!r} for a model endpoint (it answers predict)")
-
-
-class PolicyClientBase(AttachedClient):
-    """Client of a :class:`ModelServer`: ``predict(observation)`` calls the served policy.
-
-    Arguments as for :class:`~rlmesh.client.RemoteEnvBase`; the backend decides how actions
-    decode.
-    """
-
-    _backend: ClassVar[Backend] = PLAIN
-
-    def __init__(self, address: str | int, *, connect_timeout: float = 10.0,
-                 request_timeout: float | None = None, heartbeat_interval: float | None = 2.0) -> None:
-        connection = open_connection(self._backend, address, connect_timeout=connect_timeout,
-                                     request_timeout=request_timeout,
-                                     heartbeat_interval=heartbeat_interval)
-        if connection.contract_wire.get("kind") != MODEL_KIND:
-            connection.close()
-            raise TypeError(f"the endpoint {connection.address} serves an environment, not a model; "
-                            "use RemoteEnv or RemoteVectorEnv")
-        self._connection = connection
-        self.info: dict[str, Any] = dict(connection.contract_wire)
-
-    def predict(self, observation: Any) -> Any:
-        """The served policy's action for ``observation``."""
-        return self._live().request(Request.PREDICT, observation)

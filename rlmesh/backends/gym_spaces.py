@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlmesh.spaces import (
+from rlmesh.wire.spaces import (
     BoxSpec,
     DictSpec,
     DiscreteSpec,
@@ -14,7 +14,7 @@ from rlmesh.spaces import (
     TextSpec,
     TupleSpec,
 )
-from rlmesh.tensor import Tensor
+from rlmesh.wire.tensor import Tensor
 
 __all__ = ["spec_from_gymnasium", "gymnasium_from_spec", "stack"]
 
@@ -29,7 +29,7 @@ def _tensor(array: Any) -> Tensor:
 
 
 def _array(tensor: Tensor) -> Any:
-    from rlmesh.arrays import asarray
+    from rlmesh.wire.arrays import asarray
 
     return asarray(tensor)
 

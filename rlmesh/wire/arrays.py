@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from rlmesh.codec import wire_leaf
-from rlmesh.tensor import Tensor
+from rlmesh.wire.codec import wire_leaf
+from rlmesh.wire.tensor import Tensor
 
 __all__ = ["numpy_dtype", "array_from_wire", "asarray", "from_array"]
 

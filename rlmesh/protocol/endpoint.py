@@ -1,6 +1,6 @@
 """What every rlmesh server shares: the socket, the loop, sessions, the handshake, error replies.
 
-:class:`~rlmesh.server.EnvServer` and :class:`~rlmesh.model_server.ModelServer` differ only in
+:class:`~rlmesh.server.EnvServer` and :class:`~rlmesh.server.model.ModelServer` differ only in
 what they answer (``reset``/``step``/``render`` or ``predict``) and what their handshake
 describes; everything else lives here. One client is attached at a time; a request that fails
 gets an error reply and the endpoint keeps serving.
@@ -20,11 +20,11 @@ from typing import Any, TypeVar
 
 import zmq
 
-from rlmesh import codec
+from rlmesh.wire import codec
 from rlmesh._version import __version__
-from rlmesh.address import to_user_address, to_zmq_endpoint
+from rlmesh.protocol.address import to_user_address, to_zmq_endpoint
 from rlmesh.errors import ProtocolError
-from rlmesh.protocol import (
+from rlmesh.protocol.messages import (
     PROTOCOL_GENERATION,
     REPLY_FIELDS,
     ErrorKind,
@@ -33,7 +33,7 @@ from rlmesh.protocol import (
     recv_frames,
     send_frames,
 )
-from rlmesh.timeouts import check_timeout
+from rlmesh.protocol.timeouts import check_timeout
 
 __all__ = ["DEFAULT_BUSY_POLL", "Endpoint", "ErrorReply"]
 

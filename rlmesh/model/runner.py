@@ -1,7 +1,7 @@
 """Model: evaluate a policy against any env (remote, vector, sandboxed or local Gymnasium).
 
 ``Model(predict).run(env, seeds=[...])`` plays one episode per seed and returns a
-:class:`~rlmesh.results.RunResult`. The same seed always starts the same episode, whether the
+:class:`~rlmesh.model.results.RunResult`. The same seed always starts the same episode, whether the
 env is local, remote, or a lane of a vector env, so runs are reproducible and comparable.
 """
 
@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
 from rlmesh.backends import PLAIN, Backend
-from rlmesh.client import AttachedClient, RemoteEnv, RemoteEnvBase, RemoteVectorEnv, RemoteVectorEnvBase, _RemoteClient, connect
+from rlmesh.client.remote import AttachedClient, RemoteEnv, RemoteEnvBase, RemoteVectorEnv, RemoteVectorEnvBase, _RemoteClient, connect
 from rlmesh.errors import ModelError, SpecMismatchError
-from rlmesh.results import EpisodeResult, LatencyStats, RunResult
-from rlmesh.spaces import (
+from rlmesh.model.results import EpisodeResult, LatencyStats, RunResult
+from rlmesh.wire.spaces import (
     BoxSpec,
     DictSpec,
     DiscreteSpec,
@@ -28,7 +28,7 @@ from rlmesh.spaces import (
     TextSpec,
     TupleSpec,
 )
-from rlmesh.tensor import Tensor
+from rlmesh.wire.tensor import Tensor
 
 __all__ = ["ModelBase", "ModelSpec", "Model"]
 
@@ -50,7 +50,7 @@ def as_space_spec(space: Any) -> SpaceSpec:
     if isinstance(spec, _SPEC_TYPES) and type(space).__module__.startswith("rlmesh"):
         return spec
     try:
-        from rlmesh.gym_spaces import spec_from_gymnasium
+        from rlmesh.backends.gym_spaces import spec_from_gymnasium
     except ImportError:  # pragma: no cover - only without NumPy/Gymnasium
         raise TypeError(f"cannot describe {space!r}: give an rlmesh SpaceSpec or install gymnasium") from None
     return spec_from_gymnasium(space)
@@ -414,7 +414,7 @@ class ModelBase(Generic[ObsT, ActT]):
     def _batch_actions(self, actions: list[Any], handle: _Env) -> Any:
         if handle.remote:
             return actions  # the server stacks per-lane actions into the vector env's batch
-        from rlmesh.gym_spaces import stack
+        from rlmesh.backends.gym_spaces import stack
 
         return stack(handle.single_action_space, [_numpy_values(a) for a in actions], handle.num_envs)
 

@@ -167,7 +167,7 @@ class Tensor:
         """Export a read-only DLPack capsule sharing this tensor's memory."""
         if dl_device is not None and tuple(dl_device) != (1, 0):
             raise BufferError("rlmesh tensors live on the CPU; cannot export to another device")
-        from rlmesh import _dlpack
+        from rlmesh.wire import _dlpack
 
         source = Tensor(bytearray(self._bytes), self._dtype, self._shape) if copy else self
         # A copy belongs to the consumer alone, so only shared memory is flagged read-only.

@@ -21,15 +21,15 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import zmq
 
-from rlmesh.address import to_zmq_endpoint
+from rlmesh.protocol.address import to_zmq_endpoint
 from rlmesh.backends import PLAIN, Backend
-from rlmesh.closing import Closeable
-from rlmesh.codec import ObjectArray
-from rlmesh.connection import RECEIVE_SLICE_MS, Connection
+from rlmesh.client.closing import Closeable
+from rlmesh.wire.codec import ObjectArray
+from rlmesh.protocol.connection import RECEIVE_SLICE_MS, Connection
 from rlmesh.errors import EnvironmentException
-from rlmesh.protocol import EnvContract, Request
-from rlmesh.spaces import SpaceSpec
-from rlmesh.tensor import Tensor
+from rlmesh.protocol.messages import EnvContract, Request
+from rlmesh.wire.spaces import SpaceSpec
+from rlmesh.wire.tensor import Tensor
 
 __all__ = ["MultiEndpointVectorEnvBase", "MultiEndpointVectorEnv", "AUTORESET_MODES"]
 
@@ -161,7 +161,7 @@ class MultiEndpointVectorEnvBase(Closeable, Generic[ValueT, ActionT]):
     def _configure(self, autoreset_mode: Any) -> None:
         import numpy as np
 
-        from rlmesh.gym_spaces import gymnasium_from_spec, spec_from_gymnasium
+        from rlmesh.backends.gym_spaces import gymnasium_from_spec, spec_from_gymnasium
 
         first = self._endpoints[0]
         for endpoint in self._endpoints[1:]:
@@ -429,7 +429,7 @@ class MultiEndpointVectorEnvBase(Closeable, Generic[ValueT, ActionT]):
         if endpoint.vector:
             endpoint.obs = obs
             return
-        from rlmesh.gym_spaces import stack
+        from rlmesh.backends.gym_spaces import stack
 
         endpoint.obs = stack(self._gym_single_obs, [obs], 1)
 
@@ -540,7 +540,7 @@ def _to_backend(backend: Backend, value: Any) -> Any:
             return make(ObjectArray(value.shape, items)) if make is not None else items
         array = np.ascontiguousarray(value)
         if backend.tensor_factory is None:
-            from rlmesh.arrays import from_array
+            from rlmesh.wire.arrays import from_array
 
             return from_array(array) if array.ndim else Tensor(array.tobytes(), array.dtype.name, ())
         return backend.tensor_factory(array.dtype.name, array.shape, array.reshape(-1).view(np.uint8).data)

@@ -2,7 +2,7 @@
 
 A *spec* is an exact, immutable description of a Gymnasium space: kind, dtype, shape and
 bounds. :class:`Space` wraps a spec with ``sample()``, ``contains()`` and ``seed()`` working in
-plain values (:class:`~rlmesh.tensor.Tensor` leaves); backends convert those values to NumPy
+plain values (:class:`~rlmesh.wire.tensor.Tensor` leaves); backends convert those values to NumPy
 arrays or Torch tensors through a :class:`ValueAdapter`.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, Union
 
 from rlmesh.errors import ProtocolError
-from rlmesh.tensor import Tensor, dtype_itemsize
+from rlmesh.wire.tensor import Tensor, dtype_itemsize
 
 __all__ = [
     "BoxSpec",

@@ -6,12 +6,12 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rlmesh import codec
+from rlmesh.wire import codec
 from rlmesh._version import __version__
-from rlmesh.endpoint import DEFAULT_BUSY_POLL, Endpoint, ErrorReply
+from rlmesh.protocol.endpoint import DEFAULT_BUSY_POLL, Endpoint, ErrorReply
 from rlmesh.errors import ProtocolError
-from rlmesh.protocol import EnvContract, ErrorKind, Request
-from rlmesh.spaces import SpaceSpec
+from rlmesh.protocol.messages import EnvContract, ErrorKind, Request
+from rlmesh.wire.spaces import SpaceSpec
 
 __all__ = ["EnvServer"]
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def _space_spec(space: Any) -> SpaceSpec:
-    from rlmesh.gym_spaces import spec_from_gymnasium
+    from rlmesh.backends.gym_spaces import spec_from_gymnasium
 
     spec = getattr(space, "spec", None)  # an rlmesh Space carries its spec already
     return spec if spec is not None and type(space).__module__.startswith("rlmesh") else spec_from_gymnasium(space)
@@ -38,7 +38,7 @@ def _batched_space(env: Any, name: str, vector: bool) -> Any:
         raise TypeError(f"EnvServer needs an env with an {name}; {type(env).__name__} has none")
     from gymnasium.vector.utils import batch_space
 
-    from rlmesh.gym_spaces import gymnasium_from_spec
+    from rlmesh.backends.gym_spaces import gymnasium_from_spec
 
     single = getattr(env, f"single_{name}")
     if type(single).__module__.startswith("rlmesh"):  # an rlmesh Space: batch its Gymnasium twin
@@ -74,7 +74,7 @@ def _autoreset_mode(env: Any) -> str | None:
 
 def _decode_tensor_factory() -> codec.TensorFactory | None:
     try:
-        from rlmesh.arrays import array_from_wire
+        from rlmesh.wire.arrays import array_from_wire
     except ImportError:  # a NumPy-free env gets plain Tensors
         return None
     return array_from_wire
@@ -239,7 +239,7 @@ def _batch_actions(env: Any, actions: Sequence[Any]) -> Any:
     if len(actions) != env.num_envs:
         raise ErrorReply(ErrorKind.INVALID_ACTION,
                           f"got {len(actions)} actions for {env.num_envs} environments")
-    from rlmesh.gym_spaces import stack
+    from rlmesh.backends.gym_spaces import stack
 
     space = env.single_action_space
     try:

@@ -20,7 +20,7 @@ from typing import Any, Final
 import msgpack  # type: ignore[import-untyped]
 
 from rlmesh.errors import ProtocolError
-from rlmesh.tensor import DTYPES, Tensor
+from rlmesh.wire.tensor import DTYPES, Tensor
 
 __all__ = ["encode", "decode", "wire_leaf", "EncodeError", "TensorFactory", "INLINE_LIMIT", "ObjectArray"]
 

@@ -18,9 +18,9 @@ from typing import Any, Final
 import zmq
 
 from rlmesh.errors import ProtocolError
-from rlmesh.spaces import SpaceSpec, spec_from_wire, spec_to_wire
+from rlmesh.wire.spaces import SpaceSpec, spec_from_wire, spec_to_wire
 
-__all__ = ["PROTOCOL_GENERATION", "EnvContract", "Request", "REPLY_FIELDS", "ErrorKind", "send_frames", "recv_frames",
+__all__ = ["PROTOCOL_GENERATION", "EnvContract", "Request", "REPLY_FIELDS", "MODEL_KIND", "ErrorKind", "send_frames", "recv_frames",
            "frame_contents"]
 
 #: Bumped whenever the wire format changes incompatibly.
@@ -70,6 +70,9 @@ class Request:
     HEARTBEAT: Final = "heartbeat"  # one-way, never answered
     PREDICT: Final = "predict"  # model endpoints only
 
+
+#: ``kind`` in a model endpoint's handshake (env endpoints send an env contract instead).
+MODEL_KIND: Final = "model"
 
 #: Names of the items of list-shaped ``ok`` payloads, for messages about a part of a reply.
 REPLY_FIELDS: Final[dict[str, tuple[str, ...]]] = {

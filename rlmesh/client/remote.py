@@ -6,13 +6,13 @@ import logging
 from collections.abc import Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
-from rlmesh.address import to_zmq_endpoint
+from rlmesh.protocol.address import to_zmq_endpoint
 from rlmesh.backends import PLAIN, Backend
-from rlmesh.closing import Closeable
-from rlmesh.connection import Connection
-from rlmesh.multi import MultiEndpointVectorEnv, MultiEndpointVectorEnvBase
-from rlmesh.protocol import EnvContract, Request
-from rlmesh.spaces import SpaceSpec
+from rlmesh.client.closing import Closeable
+from rlmesh.protocol.connection import Connection
+from rlmesh.client.multi import MultiEndpointVectorEnv, MultiEndpointVectorEnvBase
+from rlmesh.protocol.messages import EnvContract, Request
+from rlmesh.wire.spaces import SpaceSpec
 
 __all__ = ["AttachedClient", "RemoteEnvBase", "RemoteVectorEnvBase", "RemoteEnv", "RemoteVectorEnv", "connect"]
 
@@ -236,7 +236,7 @@ class RemoteVectorEnvBase(_RemoteClient[ValueT, ActionT]):
     def from_endpoints(cls, endpoints: Sequence[str | int], **kwargs: Any) -> Any:
         """One vector env over the lanes of many endpoints (single or vector env servers).
 
-        Returns this flavour's :class:`~rlmesh.multi.MultiEndpointVectorEnvBase`; keyword
+        Returns this flavour's :class:`~rlmesh.client.multi.MultiEndpointVectorEnvBase`; keyword
         arguments are its own (``autoreset_mode``, timeouts, ``owned``).
         """
         return cls._multi_endpoint_class(endpoints, **kwargs)

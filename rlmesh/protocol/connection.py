@@ -17,16 +17,16 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from rlmesh import codec
+from rlmesh.wire import codec
 from rlmesh._version import __version__
-from rlmesh.address import to_user_address
+from rlmesh.protocol.address import to_user_address
 from rlmesh.errors import (
     EnvironmentException,
     ProtocolError,
     ServerBusyError,
     VersionMismatchError,
 )
-from rlmesh.protocol import (
+from rlmesh.protocol.messages import (
     PROTOCOL_GENERATION,
     ErrorKind,
     Request,
@@ -34,7 +34,7 @@ from rlmesh.protocol import (
     recv_frames,
     send_frames,
 )
-from rlmesh.timeouts import check_timeout
+from rlmesh.protocol.timeouts import check_timeout
 
 __all__ = ["Connection", "RECEIVE_SLICE_MS"]
 
