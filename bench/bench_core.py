@@ -36,9 +36,9 @@ import zmq
 from gymnasium import spaces
 
 from rlmesh import EnvServer
-from rlmesh.wire import codec
-from rlmesh.protocol.endpoint import DEFAULT_BUSY_POLL
 from rlmesh.numpy import RemoteEnv, RemoteVectorEnv
+from rlmesh.protocol.endpoint import DEFAULT_BUSY_POLL
+from rlmesh.wire import codec
 
 log = logging.getLogger("bench_core")
 

@@ -178,8 +178,9 @@ def local_rows(steps: int, blocks: int, work_us: float, busy_poll: float) -> lis
 
 
 def ray_rows(address: str, steps: int) -> list[tuple[int, int, float]]:
-    from rlmesh.spread import spread_vector_env
     from rlmesh_runtimes.ray import RayDriver
+
+    from rlmesh.spread import spread_vector_env
 
     driver = RayDriver(address=address)
     rows = []

@@ -23,9 +23,10 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
+from rlmesh_images.bootstrap import default_base_image
+
 from rlmesh.errors import PackageSpecError
 from rlmesh.runtime.driver import ImageRecipe
-from rlmesh_images.bootstrap import default_base_image
 
 __all__ = [
     "APP_DIR",

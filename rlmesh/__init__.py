@@ -28,8 +28,8 @@ from rlmesh.wire.spaces import Space, SpaceSpec, space_from_spec
 from rlmesh.wire.tensor import Tensor
 
 if TYPE_CHECKING:
-    from rlmesh.model.runner import Model, ModelBase, ModelSpec
     from rlmesh.model.results import EpisodeResult, RunResult
+    from rlmesh.model.runner import Model, ModelBase, ModelSpec
 
 __all__ = [
     "__version__",

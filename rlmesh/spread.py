@@ -12,9 +12,9 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from rlmesh.sandbox.session import SandboxSessionBase
-from rlmesh.errors import SandboxError
 from rlmesh.client.multi import MultiEndpointVectorEnvBase
+from rlmesh.errors import SandboxError
+from rlmesh.sandbox.session import SandboxSessionBase
 
 __all__ = ["spread_vector_env", "lane_groups"]
 

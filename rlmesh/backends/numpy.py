@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from rlmesh.wire.arrays import array_from_wire, asarray, from_array, numpy_dtype
 from rlmesh.backends.base import Backend, leaf_kind
+from rlmesh.wire.arrays import array_from_wire, asarray, from_array, numpy_dtype
 from rlmesh.wire.codec import ObjectArray
 from rlmesh.wire.spaces import BoxSpec, DictSpec, Space, SpaceSpec, TupleSpec, ValueAdapter
 

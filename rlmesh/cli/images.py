@@ -41,9 +41,10 @@ class _LineForwarder(logging.Handler):
 def bootstrap(runtime: str | None, host: str | None, tag: str | None, mirror: str | None,
               tarball: Path | None, force: bool) -> None:
     """Build the Debian + Python base image locally (no registry) and import it."""
-    from rlmesh.progress import progress_lines
     from rlmesh_images.bootstrap import bootstrap as run_bootstrap
     from rlmesh_images.bootstrap import default_base_image
+
+    from rlmesh.progress import progress_lines
 
     driver = open_driver(runtime, host)
     target = tag or default_base_image()
@@ -65,8 +66,9 @@ def bootstrap(runtime: str | None, host: str | None, tag: str | None, mirror: st
 @runtime_option
 def list_images(runtime: str | None, host: str | None) -> None:
     """List sandbox images built by rlmesh (and whether the base image is present)."""
-    from rlmesh.runtime.labels import MANAGED
     from rlmesh_images.bootstrap import default_base_image
+
+    from rlmesh.runtime.labels import MANAGED
 
     driver = open_driver(runtime, host)
     try:

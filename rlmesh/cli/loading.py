@@ -6,7 +6,6 @@ Used for env factories (``serve``/``eval`` targets) and policies (``eval --polic
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import re
 import sys
@@ -17,6 +16,7 @@ from typing import Any
 import click
 
 from rlmesh.cli.errors import CommandError
+from rlmesh.usercode import load_module_file
 
 __all__ = ["FACTORY", "load_callable"]
 
@@ -33,13 +33,10 @@ def load_callable(path: str, what: str) -> Callable[..., Any]:
     try:
         if module_name.endswith(".py"):
             file = Path(module_name).resolve()
-            spec = importlib.util.spec_from_file_location(file.stem, file)
-            if spec is None or spec.loader is None or not file.is_file():
+            if not file.is_file():
                 raise CommandError(f"cannot load {what} {path!r}: no file {file}",
                                    "give a path to an existing .py file")
-            module = importlib.util.module_from_spec(spec)
-            sys.path.insert(0, str(file.parent))  # the file may import its siblings
-            spec.loader.exec_module(module)
+            module = load_module_file(file, file.stem)
         else:
             sys.path.insert(0, os.getcwd())  # like `python -m`, find modules in the cwd
             module = importlib.import_module(module_name)

@@ -21,8 +21,8 @@ from rlmesh.cli.targets import (
     parse_make_kwargs,
     sandbox_options,
 )
-from rlmesh.protocol.endpoint import DEFAULT_BUSY_POLL
 from rlmesh.errors import ContainerError
+from rlmesh.protocol.endpoint import DEFAULT_BUSY_POLL
 
 __all__ = ["serve"]
 

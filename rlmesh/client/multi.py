@@ -21,13 +21,13 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import zmq
 
-from rlmesh.protocol.address import to_zmq_endpoint
 from rlmesh.backends import PLAIN, Backend
 from rlmesh.client.closing import Closeable
-from rlmesh.wire.codec import ObjectArray
-from rlmesh.protocol.connection import RECEIVE_SLICE_MS, Connection
 from rlmesh.errors import EnvironmentException
+from rlmesh.protocol.address import to_zmq_endpoint
+from rlmesh.protocol.connection import RECEIVE_SLICE_MS, Connection
 from rlmesh.protocol.messages import EnvContract, Request
+from rlmesh.wire.codec import ObjectArray
 from rlmesh.wire.spaces import SpaceSpec
 from rlmesh.wire.tensor import Tensor
 

@@ -6,11 +6,11 @@ import logging
 from collections.abc import Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
-from rlmesh.protocol.address import to_zmq_endpoint
 from rlmesh.backends import PLAIN, Backend
 from rlmesh.client.closing import Closeable
-from rlmesh.protocol.connection import Connection
 from rlmesh.client.multi import MultiEndpointVectorEnv, MultiEndpointVectorEnvBase
+from rlmesh.protocol.address import to_zmq_endpoint
+from rlmesh.protocol.connection import Connection
 from rlmesh.protocol.messages import EnvContract, Request
 from rlmesh.wire.spaces import SpaceSpec
 

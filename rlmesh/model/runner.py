@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
 from rlmesh.backends import PLAIN, Backend
-from rlmesh.client.remote import AttachedClient, RemoteEnv, RemoteEnvBase, RemoteVectorEnv, RemoteVectorEnvBase, _RemoteClient, connect
+from rlmesh.client.remote import (
+    AttachedClient,
+    RemoteEnv,
+    RemoteEnvBase,
+    RemoteVectorEnv,
+    RemoteVectorEnvBase,
+    _RemoteClient,
+    connect,
+)
 from rlmesh.errors import ModelError, SpecMismatchError
 from rlmesh.model.results import EpisodeResult, LatencyStats, RunResult
 from rlmesh.wire.spaces import (

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any, Union
 
-from rlmesh.sandbox.session import SandboxEnvBase, SandboxVectorEnvBase
+from rlmesh.client.multi import MultiEndpointVectorEnvBase
+from rlmesh.client.policy import PolicyClientBase
 from rlmesh.client.remote import RemoteEnvBase, RemoteVectorEnvBase
 from rlmesh.model.runner import ModelBase
 from rlmesh.sandbox.model import SandboxModelBase
-from rlmesh.client.policy import PolicyClientBase
-from rlmesh.client.multi import MultiEndpointVectorEnvBase
+from rlmesh.sandbox.session import SandboxEnvBase, SandboxVectorEnvBase
 
 __all__ = [
     "NumpyValue",
@@ -45,8 +45,8 @@ def ensure_available() -> None:
 
 ensure_available()
 
-from rlmesh.wire.arrays import asarray, from_array  # noqa: E402  (after the friendly check above)
 from rlmesh.backends.numpy import BACKEND, space_from_spec  # noqa: E402
+from rlmesh.wire.arrays import asarray, from_array  # noqa: E402  (after the friendly check above)
 
 try:  # Real Gymnasium base classes make remote envs pass isinstance checks and check_env.
     import gymnasium as _gym

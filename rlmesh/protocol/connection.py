@@ -17,15 +17,14 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from rlmesh.wire import codec
 from rlmesh._version import __version__
-from rlmesh.protocol.address import to_user_address
 from rlmesh.errors import (
     EnvironmentException,
     ProtocolError,
     ServerBusyError,
     VersionMismatchError,
 )
+from rlmesh.protocol.address import to_user_address
 from rlmesh.protocol.messages import (
     PROTOCOL_GENERATION,
     ErrorKind,
@@ -35,6 +34,7 @@ from rlmesh.protocol.messages import (
     send_frames,
 )
 from rlmesh.protocol.timeouts import check_timeout
+from rlmesh.wire import codec
 
 __all__ = ["Connection", "RECEIVE_SLICE_MS"]
 

@@ -20,10 +20,9 @@ from typing import Any, TypeVar
 
 import zmq
 
-from rlmesh.wire import codec
 from rlmesh._version import __version__
-from rlmesh.protocol.address import to_user_address, to_zmq_endpoint
 from rlmesh.errors import ProtocolError
+from rlmesh.protocol.address import to_user_address, to_zmq_endpoint
 from rlmesh.protocol.messages import (
     PROTOCOL_GENERATION,
     REPLY_FIELDS,
@@ -34,6 +33,7 @@ from rlmesh.protocol.messages import (
     send_frames,
 )
 from rlmesh.protocol.timeouts import check_timeout
+from rlmesh.wire import codec
 
 __all__ = ["DEFAULT_BUSY_POLL", "Endpoint", "ErrorReply"]
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from rlmesh.protocol.endpoint import Endpoint
-from rlmesh.server.model import ModelServer, load_policy
 from rlmesh.sandbox.sources import make_env
 from rlmesh.server.env import EnvServer
+from rlmesh.server.model import ModelServer, load_policy
 
 __all__ = ["COMMAND", "CONFIG_VARIABLE", "EXIT_ENV_FAILED", "build_server", "main"]
 

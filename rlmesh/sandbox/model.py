@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
-from rlmesh.sandbox.session import _CONTAINER_PORT, SandboxSessionBase, _app_files, _check_keywords, _keyword_names
 from rlmesh.errors import SourceError
-from rlmesh.model.runner import ModelBase, ModelSpec
 from rlmesh.model.results import RunResult
+from rlmesh.model.runner import ModelBase, ModelSpec
+from rlmesh.sandbox.session import _CONTAINER_PORT, SandboxSessionBase, _app_files, _check_keywords, _keyword_names
 from rlmesh.sandbox.sources import Source
 
 __all__ = ["SandboxModelBase", "DEFAULT_ENTRY"]

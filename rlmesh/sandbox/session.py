@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import time
-import tomllib
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from importlib import metadata
@@ -25,12 +24,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Generic, TypeVar
 
+import tomllib
+
 from rlmesh._version import __version__
 from rlmesh.errors import ContainerError, SandboxError, SourceError, VersionMismatchError
 from rlmesh.protocol.messages import EnvContract
 from rlmesh.runtime.driver import ImageRecipe
-from rlmesh.sandbox.package import resolve_rlmesh_package
 from rlmesh.sandbox.entry import COMMAND, CONFIG_VARIABLE
+from rlmesh.sandbox.package import resolve_rlmesh_package
 from rlmesh.sandbox.sources import Source, parse_source
 from rlmesh.wire.spaces import SpaceSpec
 

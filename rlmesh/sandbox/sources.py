@@ -15,17 +15,16 @@ the sandbox (or anywhere else) to build the env a source describes.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import logging
 import re
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rlmesh.errors import SourceError
+from rlmesh.usercode import load_module_file
 
 __all__ = ["Source", "parse_source", "make_env", "ENV_FILE"]
 
@@ -143,12 +142,10 @@ def parse_source(
 # --- inside the sandbox --------------------------------------------------------------------------
 
 def _load_make_env(app_dir: Path) -> Any:
-    spec = importlib.util.spec_from_file_location("rlmesh_user_env", app_dir / ENV_FILE)
-    if spec is None or spec.loader is None:
-        raise SourceError(f"cannot load {app_dir / ENV_FILE}")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(app_dir))  # env.py may import its sibling modules
-    spec.loader.exec_module(module)
+    try:
+        module = load_module_file(app_dir / ENV_FILE, "rlmesh_user_env")
+    except ImportError as exc:
+        raise SourceError(str(exc)) from exc
     make = getattr(module, "make_env", None)
     if not callable(make):
         raise SourceError(f"{app_dir / ENV_FILE} does not define make_env()")

@@ -6,11 +6,11 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rlmesh.wire import codec
 from rlmesh._version import __version__
-from rlmesh.protocol.endpoint import DEFAULT_BUSY_POLL, Endpoint, ErrorReply
 from rlmesh.errors import ProtocolError
+from rlmesh.protocol.endpoint import DEFAULT_BUSY_POLL, Endpoint, ErrorReply
 from rlmesh.protocol.messages import EnvContract, ErrorKind, Request
+from rlmesh.wire import codec
 from rlmesh.wire.spaces import SpaceSpec
 
 __all__ = ["EnvServer"]

@@ -8,18 +8,17 @@ policy that raises is reported to the client with its traceback, and the server 
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from rlmesh._version import __version__
 from rlmesh.backends import backend_named
-from rlmesh.protocol.endpoint import DEFAULT_BUSY_POLL, Endpoint
 from rlmesh.errors import ProtocolError, SourceError
+from rlmesh.protocol.endpoint import DEFAULT_BUSY_POLL, Endpoint
 from rlmesh.protocol.messages import MODEL_KIND, PROTOCOL_GENERATION, Request
+from rlmesh.usercode import load_module_file
 
 __all__ = ["ModelServer", "load_policy"]
 
@@ -34,12 +33,10 @@ def load_policy(app_dir: str | Path, entry: str) -> Callable[[Any], Any]:
     """
     filename, _, name = entry.partition(":")
     path = Path(app_dir, filename)
-    spec = importlib.util.spec_from_file_location("rlmesh_user_policy", path)
-    if spec is None or spec.loader is None:
-        raise SourceError(f"cannot load the policy module {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(path.parent))  # the policy may import its sibling modules
-    spec.loader.exec_module(module)
+    try:
+        module = load_module_file(path, "rlmesh_user_policy")
+    except ImportError as exc:
+        raise SourceError(f"cannot load the policy module {path}: {exc}") from exc
     target = getattr(module, name or "predict", None)
     if isinstance(target, type):
         target = target()

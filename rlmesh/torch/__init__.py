@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any, Union
 
-from rlmesh.sandbox.session import SandboxEnvBase, SandboxVectorEnvBase
+from rlmesh.client.multi import MultiEndpointVectorEnvBase
+from rlmesh.client.policy import PolicyClientBase
 from rlmesh.client.remote import RemoteEnvBase, RemoteVectorEnvBase
 from rlmesh.model.runner import ModelBase
 from rlmesh.sandbox.model import SandboxModelBase
-from rlmesh.client.policy import PolicyClientBase
-from rlmesh.client.multi import MultiEndpointVectorEnvBase
+from rlmesh.sandbox.session import SandboxEnvBase, SandboxVectorEnvBase
 
 __all__ = [
     "TorchValue",

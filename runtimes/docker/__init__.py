@@ -18,11 +18,11 @@ import docker
 import docker.errors
 import docker.types
 import docker.utils
+from rlmesh_runtimes.engine_api import BuildOutput, EngineApiDriver, build_context
 
 from rlmesh.errors import RuntimeDriverError, RuntimeUnavailableError
 from rlmesh.runtime.driver import ContainerInfo, ImageRecipe, ProgressCallback, RunSpec
 from rlmesh.runtime.labels import MANAGED
-from rlmesh_runtimes.engine_api import BuildOutput, EngineApiDriver, build_context
 
 __all__ = ["DockerDriver"]
 

@@ -19,10 +19,10 @@ from typing import Any
 import podman
 import podman.errors
 import requests.exceptions
+from rlmesh_runtimes.engine_api import BuildOutput, EngineApiDriver, build_context
 
 from rlmesh.errors import RuntimeDriverError, RuntimeUnavailableError
 from rlmesh.runtime.driver import ContainerInfo, ImageRecipe, ProgressCallback, RunSpec
-from rlmesh_runtimes.engine_api import BuildOutput, EngineApiDriver, build_context
 
 __all__ = ["PodmanDriver", "default_socket"]
 

@@ -16,12 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rlmesh_images.bootstrap import default_base_image, default_tarball
 
 from rlmesh.errors import RLMeshError
 from rlmesh.numpy import RemoteEnv
 from rlmesh.runtime import ImageRecipe, RunSpec, RuntimeDriver, get_driver
 from rlmesh.runtime.labels import MANAGED, OWNER_PID, OWNER_START, process_start_time
-from rlmesh_images.bootstrap import default_base_image, default_tarball
 
 from .conftest import RLMESH, Serving, rlmesh
 from .helpers_envs import lean_policy

@@ -18,8 +18,8 @@ import gymnasium as gym
 import pytest
 
 from rlmesh import EnvServer
-from rlmesh.protocol.address import to_user_address, to_zmq_endpoint
 from rlmesh.numpy import RemoteEnv
+from rlmesh.protocol.address import to_user_address, to_zmq_endpoint
 from rlmesh.wire.tensor import DTYPES
 
 

@@ -6,8 +6,8 @@ import os
 import subprocess
 import sys
 import threading
-from pathlib import Path
 import time
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym

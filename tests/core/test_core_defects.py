@@ -9,18 +9,16 @@ import gymnasium as gym
 import ml_dtypes
 import numpy as np
 import pytest
+from core_envs import make, unsendable_values
 
 import rlmesh
 import rlmesh.client
-import rlmesh.types
 import rlmesh.numpy as rnp
 import rlmesh.torch as rtorch
+import rlmesh.types
 from rlmesh import EnvironmentException, EnvServer, Tensor
 from rlmesh.wire import codec
 from rlmesh.wire.spaces import BoxSpec, DictSpec, Space
-
-from core_envs import make, unsendable_values
-
 
 # --- a value the wire cannot send never stops the server ---------------------------------------
 

@@ -14,12 +14,12 @@ import pytest
 import zmq
 
 import rlmesh
-import rlmesh.protocol.connection
 import rlmesh.numpy as rnp
+import rlmesh.protocol.connection
 from rlmesh import EnvironmentException, ServerBusyError, VersionMismatchError
-from rlmesh.wire import codec
 from rlmesh.protocol.address import to_zmq_endpoint
 from rlmesh.protocol.messages import PROTOCOL_GENERATION
+from rlmesh.wire import codec
 
 
 def test_action_outside_the_space_names_the_space(server_pool: Any, clients: Any) -> None:

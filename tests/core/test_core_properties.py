@@ -36,12 +36,12 @@ from hypothesis import strategies as st
 import rlmesh
 import rlmesh.numpy as rnp
 from rlmesh import ProtocolError, Tensor
-from rlmesh.wire import codec
-from rlmesh.protocol.address import to_zmq_endpoint
-from rlmesh.wire.arrays import array_from_wire as _array_from_wire
-from rlmesh.protocol.messages import PROTOCOL_GENERATION, ErrorKind
-from rlmesh.wire.tensor import DTYPES
 from rlmesh.backends.torch import _tensor_from_wire
+from rlmesh.protocol.address import to_zmq_endpoint
+from rlmesh.protocol.messages import PROTOCOL_GENERATION, ErrorKind
+from rlmesh.wire import codec
+from rlmesh.wire.arrays import array_from_wire as _array_from_wire
+from rlmesh.wire.tensor import DTYPES
 
 CORE_DIR = Path(__file__).parent
 ALL_DTYPES = sorted(DTYPES)

@@ -6,18 +6,17 @@ import warnings
 from typing import Any
 
 import core_envs
-from core_compare import assert_equal
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from core_compare import assert_equal
 from gymnasium.utils.env_checker import check_env
 
 import rlmesh
 import rlmesh.numpy as rnp
 import rlmesh.torch as rtorch
 from rlmesh import Tensor
-
 
 # --- values through a real env -----------------------------------------------------------------
 

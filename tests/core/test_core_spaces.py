@@ -11,9 +11,9 @@ from gymnasium import spaces
 
 import rlmesh
 from rlmesh import Tensor
-from rlmesh.wire import codec
 from rlmesh.backends.gym_spaces import gymnasium_from_spec, spec_from_gymnasium
 from rlmesh.numpy import RemoteEnv, asarray
+from rlmesh.wire import codec
 from rlmesh.wire.spaces import Space, TextSpec, space_from_spec, spec_from_wire, spec_to_wire
 
 ZOO = core_envs.space_zoo()

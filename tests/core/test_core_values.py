@@ -16,10 +16,10 @@ import torch
 import rlmesh.numpy as rnp
 import rlmesh.torch as rtorch
 from rlmesh import ProtocolError, Tensor
+from rlmesh.backends.torch import _tensor_from_wire
 from rlmesh.wire import codec
 from rlmesh.wire.arrays import array_from_wire as _array_from_wire
 from rlmesh.wire.tensor import DTYPES
-from rlmesh.backends.torch import _tensor_from_wire
 
 ALL_DTYPES = sorted(DTYPES)
 

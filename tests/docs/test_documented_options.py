@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from rlmesh.sandbox.session import SandboxSessionBase, SandboxVectorEnvBase
 from rlmesh.sandbox.model import _OPTIONS as MODEL_SESSION_OPTIONS
 from rlmesh.sandbox.model import SandboxModelBase
+from rlmesh.sandbox.session import SandboxSessionBase, SandboxVectorEnvBase
 from rlmesh.server.env import EnvServer
 from rlmesh.spread import spread_vector_env
 

@@ -25,9 +25,10 @@ def needs_engine(script: Path) -> bool:
 
 def engine_problem() -> str:
     """Why sandboxes cannot run here, or "" when they can."""
+    from rlmesh_images.bootstrap import default_base_image
+
     from rlmesh.errors import RLMeshError
     from rlmesh.runtime import get_driver
-    from rlmesh_images.bootstrap import default_base_image
 
     try:
         driver = get_driver()

@@ -7,12 +7,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
+from rlmesh_images.bootstrap import bootstrap, build_rootfs, debian_mirror
 
 from rlmesh.errors import ImageBuildError, RuntimeUnavailableError
 from rlmesh.runtime.driver import (
-    Availability, ContainerHandle, ContainerInfo, Health, ImageRecipe, RunSpec, RuntimeDriver,
+    Availability,
+    ContainerHandle,
+    ContainerInfo,
+    Health,
+    ImageRecipe,
+    RunSpec,
+    RuntimeDriver,
 )
-from rlmesh_images.bootstrap import bootstrap, build_rootfs, debian_mirror
 
 from .conftest import TEST_LABELS
 

@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rlmesh_images import bootstrap, import_check
+from rlmesh_images.recipe import sandbox_recipe, validate_image_name, validate_import_name, validate_package_spec
 
 from rlmesh.errors import ImageBuildError, PackageSpecError
 from rlmesh.runtime.driver import ImageRecipe, RunSpec, RuntimeDriver
-from rlmesh_images import bootstrap, import_check
-from rlmesh_images.recipe import sandbox_recipe, validate_image_name, validate_import_name
-from rlmesh_images.recipe import validate_package_spec
 
 from .conftest import TEST_LABELS
 

@@ -15,8 +15,7 @@ from gymnasium import spaces
 import rlmesh
 import rlmesh.numpy as rnp
 import rlmesh.torch as rtorch
-from rlmesh import EpisodeResult, ModelError, ModelSpec, RunResult, SpecMismatchError
-from rlmesh import connect
+from rlmesh import EpisodeResult, ModelError, ModelSpec, RunResult, SpecMismatchError, connect
 from rlmesh.wire.spaces import DiscreteSpec
 
 SEEDS = list(range(12))

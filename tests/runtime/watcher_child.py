@@ -15,9 +15,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rlmesh.runtime import RunSpec  # noqa: E402
+from rlmesh.runtime import (
+    RunSpec,  # noqa: E402
+    watcher,  # noqa: E402
+)
 from rlmesh.runtime.cleanup import own_container  # noqa: E402
-from rlmesh.runtime import watcher  # noqa: E402
 from runtime.file_driver import FileDriver  # noqa: E402
 
 

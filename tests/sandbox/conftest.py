@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from runtime.conftest import EngineConfig, engine_configs
 
 from rlmesh.errors import RuntimeDriverError
 from rlmesh.runtime import RuntimeDriver, get_driver
 from rlmesh.runtime.labels import MANAGED, OWNER_PID
-from runtime.conftest import EngineConfig, engine_configs
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 

@@ -19,8 +19,8 @@ from scale_compare import assert_equal
 import rlmesh
 import rlmesh.numpy as rnp
 import rlmesh.torch as rtorch
-from rlmesh.errors import EnvironmentException
 from rlmesh.client.multi import MultiEndpointVectorEnv
+from rlmesh.errors import EnvironmentException
 
 # Vector and single-env endpoints, interleaved: lanes 0-2, 3, 4-5, 6.
 LAYOUT = [3, 1, 2, 1]

@@ -34,8 +34,9 @@ except ImportError:
         raise  # CI must run the Ray tests: ray[default] belongs to what it installs
     pytest.skip('the Ray tests need ray: pip install "ray[default]>=2.9"', allow_module_level=True)
 
-from rlmesh.numpy import spread_vector_env  # noqa: E402
 from rlmesh_runtimes.ray import NAMESPACE, RayDriver  # noqa: E402
+
+from rlmesh.numpy import spread_vector_env  # noqa: E402
 
 # The checkout's rlmesh runs on the cluster's nodes as is: naming its version skips the wheel
 # build a container sandbox of an unreleased checkout would need.
