@@ -23,12 +23,12 @@ import zmq
 
 from rlmesh.backends import PLAIN, Backend
 from rlmesh.client.closing import Closeable
+from rlmesh.client.surface import Surface, VectorEnvSurface
 from rlmesh.errors import EnvironmentException
 from rlmesh.protocol.address import to_zmq_endpoint
 from rlmesh.protocol.connection import RECEIVE_SLICE_MS, Connection
 from rlmesh.protocol.messages import EnvContract, Request
 from rlmesh.wire.codec import ObjectArray
-from rlmesh.wire.spaces import SpaceSpec
 from rlmesh.wire.tensor import Tensor
 
 __all__ = ["MultiEndpointVectorEnvBase", "MultiEndpointVectorEnv", "AUTORESET_MODES"]
@@ -84,7 +84,7 @@ def _mode_name(mode: Any) -> str:
     return name
 
 
-class MultiEndpointVectorEnvBase(Closeable, Generic[ValueT, ActionT]):
+class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, ActionT]):
     """A vector env over the lanes of several endpoints, with Gymnasium 1.x vector semantics.
 
     Args:
@@ -189,22 +189,20 @@ class MultiEndpointVectorEnvBase(Closeable, Generic[ValueT, ActionT]):
 
         self._gym_single_obs = gymnasium_from_spec(first.contract.single_observation_space)
         self._gym_single_action = gymnasium_from_spec(first.contract.single_action_space)
-        backend = self._backend
-        self._single_observation_space_spec: SpaceSpec = first.contract.single_observation_space
-        self._single_action_space_spec: SpaceSpec = first.contract.single_action_space
-        self._observation_space_spec = spec_from_gymnasium(batch_space(self._gym_single_obs, self._num_envs))
-        self._action_space_spec = spec_from_gymnasium(batch_space(self._gym_single_action, self._num_envs))
-        self._single_observation_space = backend.space_from_spec(self._single_observation_space_spec)
-        self._single_action_space = backend.space_from_spec(self._single_action_space_spec)
-        self._observation_space = backend.space_from_spec(self._observation_space_spec)
-        self._action_space = backend.space_from_spec(self._action_space_spec)
-        self._metadata = backend.adapt_metadata({**first.contract.metadata, "autoreset_mode": mode})
+        single_observation = first.contract.single_observation_space
+        single_action = first.contract.single_action_space
+        self._served = Surface.build(
+            self._backend,
+            observation=spec_from_gymnasium(batch_space(self._gym_single_obs, self._num_envs)),
+            action=spec_from_gymnasium(batch_space(self._gym_single_action, self._num_envs)),
+            single_observation=single_observation, single_action=single_action,
+            metadata={**first.contract.metadata, "autoreset_mode": mode},
+            render_mode=first.contract.render_mode, num_envs=self._num_envs)
 
     # --- what is served -------------------------------------------------------------------------
 
-    @property
-    def num_envs(self) -> int:
-        return self._num_envs
+    def _surface(self) -> Surface:
+        return self._served
 
     @property
     def endpoints(self) -> list[str]:
@@ -215,38 +213,6 @@ class MultiEndpointVectorEnvBase(Closeable, Generic[ValueT, ActionT]):
     def endpoint_lanes(self) -> dict[str, range]:
         """Which lanes each endpoint serves."""
         return {e.address: range(e.start, e.start + e.size) for e in self._endpoints}
-
-    @property
-    def single_observation_space(self) -> Any:
-        return self._single_observation_space
-
-    @property
-    def single_action_space(self) -> Any:
-        return self._single_action_space
-
-    @property
-    def observation_space(self) -> Any:
-        return self._observation_space
-
-    @property
-    def action_space(self) -> Any:
-        return self._action_space
-
-    @property
-    def single_observation_space_spec(self) -> SpaceSpec:
-        return self._single_observation_space_spec
-
-    @property
-    def single_action_space_spec(self) -> SpaceSpec:
-        return self._single_action_space_spec
-
-    @property
-    def metadata(self) -> dict[str, Any]:
-        return self._metadata
-
-    @property
-    def render_mode(self) -> str | None:
-        return self._endpoints[0].contract.render_mode
 
     @property
     def closed(self) -> bool:
@@ -421,7 +387,7 @@ class MultiEndpointVectorEnvBase(Closeable, Generic[ValueT, ActionT]):
         leading = _leading(space, actions)
         if leading != n:
             raise ValueError(f"the action batch holds {leading} actions for {n} lanes; "
-                             f"it must fit the action space {self._action_space}")
+                             f"it must fit the action space {self.action_space}")
         return [_take(space, actions, e.start, e.start + e.size) if e.vector
                 else _item(space, actions, e.start) for e in self._endpoints]
 

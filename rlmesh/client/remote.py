@@ -9,10 +9,10 @@ from typing import Any, ClassVar, Generic, TypeVar
 from rlmesh.backends import PLAIN, Backend
 from rlmesh.client.closing import Closeable
 from rlmesh.client.multi import MultiEndpointVectorEnv, MultiEndpointVectorEnvBase
+from rlmesh.client.surface import EnvSurface, Surface, VectorEnvSurface
 from rlmesh.protocol.address import to_zmq_endpoint
 from rlmesh.protocol.connection import Connection
 from rlmesh.protocol.messages import EnvContract, Request
-from rlmesh.wire.spaces import SpaceSpec
 
 __all__ = ["AttachedClient", "RemoteEnvBase", "RemoteVectorEnvBase", "RemoteEnv", "RemoteVectorEnv", "connect"]
 
@@ -62,7 +62,7 @@ class AttachedClient(Closeable):
             connection.close()
 
 
-class _RemoteClient(AttachedClient, Generic[ValueT, ActionT]):
+class _RemoteClient(AttachedClient, EnvSurface, Generic[ValueT, ActionT]):
     """Shared connect logic and env surface of single and vector clients."""
 
     _backend: ClassVar[Backend] = PLAIN
@@ -103,43 +103,21 @@ class _RemoteClient(AttachedClient, Generic[ValueT, ActionT]):
             raise
 
     def _attach(self, connection: Connection, contract: EnvContract) -> None:
-        backend = self._backend
         self._connection = connection
         self._contract = contract
-        self._metadata = backend.adapt_metadata(contract.metadata)
-        self._observation_space = backend.space_from_spec(contract.observation_space)
-        self._action_space = backend.space_from_spec(contract.action_space)
+        self._served = Surface.build(
+            self._backend, observation=contract.observation_space, action=contract.action_space,
+            single_observation=contract.single_observation_space if contract.vector else contract.observation_space,
+            single_action=contract.single_action_space if contract.vector else contract.action_space,
+            metadata=contract.metadata, render_mode=contract.render_mode, num_envs=contract.num_envs)
 
-    # --- what the endpoint serves ---------------------------------------------------------------
+    def _surface(self) -> Surface:
+        return self._served
 
     @property
     def env_contract(self) -> EnvContract:
         """Spaces, metadata and identity the server reported at connect time."""
         return self._contract
-
-    @property
-    def observation_space(self) -> Any:
-        return self._observation_space
-
-    @property
-    def action_space(self) -> Any:
-        return self._action_space
-
-    @property
-    def observation_space_spec(self) -> SpaceSpec:
-        return self._contract.observation_space
-
-    @property
-    def action_space_spec(self) -> SpaceSpec:
-        return self._contract.action_space
-
-    @property
-    def metadata(self) -> dict[str, Any]:
-        return self._metadata
-
-    @property
-    def render_mode(self) -> str | None:
-        return self._contract.render_mode
 
     # --- requests -------------------------------------------------------------------------------
 
@@ -185,7 +163,7 @@ class RemoteEnvBase(_RemoteClient[ValueT, ActionT]):
         return self._step(action)
 
 
-class RemoteVectorEnvBase(_RemoteClient[ValueT, ActionT]):
+class RemoteVectorEnvBase(_RemoteClient[ValueT, ActionT], VectorEnvSurface):
     """Client for a remote vector environment, with Gymnasium 1.x vector semantics.
 
     Autoreset follows the served env's mode (``metadata["autoreset_mode"]``): results are
@@ -196,32 +174,6 @@ class RemoteVectorEnvBase(_RemoteClient[ValueT, ActionT]):
     _expects_vector = True
     #: The multi-endpoint env of the same flavour, for :meth:`from_endpoints`.
     _multi_endpoint_class: ClassVar[type[MultiEndpointVectorEnvBase[Any, Any]]] = MultiEndpointVectorEnv
-
-    def _attach(self, connection: Connection, contract: EnvContract) -> None:
-        super()._attach(connection, contract)
-        backend = self._backend
-        self._single_observation_space = backend.space_from_spec(self._contract.single_observation_space)
-        self._single_action_space = backend.space_from_spec(self._contract.single_action_space)
-
-    @property
-    def num_envs(self) -> int:
-        return self._contract.num_envs
-
-    @property
-    def single_observation_space(self) -> Any:
-        return self._single_observation_space
-
-    @property
-    def single_action_space(self) -> Any:
-        return self._single_action_space
-
-    @property
-    def single_observation_space_spec(self) -> SpaceSpec:
-        return self._contract.single_observation_space
-
-    @property
-    def single_action_space_spec(self) -> SpaceSpec:
-        return self._contract.single_action_space
 
     def reset(self, *, seed: int | list[int] | None = None, options: dict[str, object] | None = None
               ) -> tuple[ValueT, dict[str, Any]]:

@@ -27,13 +27,13 @@ from typing import Any, ClassVar, Generic, TypeVar
 import tomllib
 
 from rlmesh._version import __version__
-from rlmesh.errors import ContainerError, SandboxError, SourceError, VersionMismatchError
+from rlmesh.client.surface import EnvSurface, Surface, VectorEnvSurface
+from rlmesh.errors import ContainerError, SandboxError, VersionMismatchError
 from rlmesh.protocol.messages import EnvContract
 from rlmesh.runtime.driver import ImageRecipe
 from rlmesh.sandbox.entry import COMMAND, CONFIG_VARIABLE
 from rlmesh.sandbox.package import resolve_rlmesh_package
 from rlmesh.sandbox.sources import Source, parse_source
-from rlmesh.wire.spaces import SpaceSpec
 
 __all__ = ["SandboxSessionBase", "SandboxEnvBase", "SandboxVectorEnvBase", "CAPABILITIES"]
 
@@ -268,9 +268,9 @@ class SandboxSessionBase(Generic[RemoteT]):
 
         # Every refusal happens here, before anything is built or started.
         self.source = self._parse_source(source, base_dir)
-        self.num_envs = int(settings["num_envs"])
-        if self.num_envs < 1:
-            raise SandboxError(f"num_envs must be at least 1, got {self.num_envs}")
+        self._num_envs = int(settings["num_envs"])
+        if self._num_envs < 1:
+            raise SandboxError(f"num_envs must be at least 1, got {self._num_envs}")
         mode = settings.get("vectorization_mode") or "sync"
         if mode not in _VECTORIZATION_MODES:
             raise SandboxError(f"vectorization_mode must be one of {_VECTORIZATION_MODES}, got {mode!r}")
@@ -477,32 +477,13 @@ class SandboxSessionBase(Generic[RemoteT]):
         return contract
 
     @property
-    def metadata(self) -> Mapping[str, object]:
-        metadata: Mapping[str, object] = self.client.metadata  # type: ignore[attr-defined]
-        return metadata
+    def num_envs(self) -> int:
+        """Environments served (1 for a single-env session)."""
+        return self._num_envs
 
-    @property
-    def render_mode(self) -> str | None:
-        mode: str | None = self.client.render_mode  # type: ignore[attr-defined]
-        return mode
-
-    @property
-    def observation_space(self) -> Any:
-        return self.client.observation_space  # type: ignore[attr-defined]
-
-    @property
-    def action_space(self) -> Any:
-        return self.client.action_space  # type: ignore[attr-defined]
-
-    @property
-    def observation_space_spec(self) -> SpaceSpec:
-        spec: SpaceSpec = self.client.observation_space_spec  # type: ignore[attr-defined]
-        return spec
-
-    @property
-    def action_space_spec(self) -> SpaceSpec:
-        spec: SpaceSpec = self.client.action_space_spec  # type: ignore[attr-defined]
-        return spec
+    def _surface(self) -> Surface:
+        surface: Surface = self.client._surface()  # type: ignore[attr-defined]
+        return surface
 
     def render(self, *, env_index: int = 0) -> Any:
         """Render a frame (for vector sessions, of the env at ``env_index``)."""
@@ -515,7 +496,7 @@ _SESSION_OPTIONS = _keyword_names(SandboxSessionBase.__init__)
 _SETTING_KEYS = (_SESSION_OPTIONS - {"config"}) | {"make_kwargs"}
 
 
-class SandboxEnvBase(SandboxSessionBase[Any], Generic[ValueT, ActionT]):
+class SandboxEnvBase(SandboxSessionBase[Any], EnvSurface, Generic[ValueT, ActionT]):
     """A sandbox session serving one environment; use it like a Gymnasium env."""
 
     def reset(self, *, seed: int | None = None, options: dict[str, object] | None = None
@@ -528,7 +509,7 @@ class SandboxEnvBase(SandboxSessionBase[Any], Generic[ValueT, ActionT]):
         return result
 
 
-class SandboxVectorEnvBase(SandboxSessionBase[Any], Generic[ValueT, ActionT]):
+class SandboxVectorEnvBase(SandboxSessionBase[Any], VectorEnvSurface, Generic[ValueT, ActionT]):
     """A sandbox session serving ``num_envs`` environments as one vector env."""
 
     _vector = True
@@ -536,14 +517,6 @@ class SandboxVectorEnvBase(SandboxSessionBase[Any], Generic[ValueT, ActionT]):
     def __init__(self, source: str, num_envs: int = 1, *, vectorization_mode: str = "sync",
                  **kwargs: Any) -> None:
         super().__init__(source, num_envs=num_envs, vectorization_mode=vectorization_mode, **kwargs)
-
-    @property
-    def single_observation_space(self) -> Any:
-        return self.client.single_observation_space
-
-    @property
-    def single_action_space(self) -> Any:
-        return self.client.single_action_space
 
     def reset(self, *, seed: int | list[int] | None = None, options: dict[str, object] | None = None
               ) -> tuple[ValueT, dict[str, object]]:
