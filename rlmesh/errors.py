@@ -8,6 +8,7 @@ __all__ = [
     "VersionMismatchError",
     "EnvironmentException",
     "ServerBusyError",
+    "AuthenticationError",
     "RuntimeDriverError",
     "RuntimeUnavailableError",
     "ImageBuildError",
@@ -34,6 +35,10 @@ class VersionMismatchError(ProtocolError):
 
 class ServerBusyError(RLMeshError, ConnectionError):
     """The server already serves another client."""
+
+
+class AuthenticationError(RLMeshError, ConnectionError):
+    """The encrypted handshake failed: a key is wrong, missing, or not authorized by the server."""
 
 
 class EnvironmentException(RLMeshError):

@@ -32,7 +32,7 @@ EXPORTS = {
     },
     "rlmesh.types": {"EnvLike", "Primitive", "SpaceLike", "Value", "VectorEnvLike"},
     "rlmesh.errors": {
-        "ContainerError", "EnvironmentException", "ImageBuildError", "ModelError",
+        "AuthenticationError", "ContainerError", "EnvironmentException", "ImageBuildError", "ModelError",
         "PackageSpecError", "ProtocolError", "RLMeshError", "RuntimeDriverError",
         "RuntimeUnavailableError", "SandboxError", "ServerBusyError", "SourceError",
         "SpecMismatchError", "VersionMismatchError",

@@ -40,10 +40,15 @@ __all__ = ["evaluate"]
 @click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
               help="Seconds to wait for a server.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--server-key", type=click.Path(dir_okay=False), envvar="RLMESH_SERVER_KEY",
+              help="The keyed server's public certificate.")
+@click.option("--client-key", type=click.Path(dir_okay=False), envvar="RLMESH_CLIENT_KEY",
+              help="This client's secret certificate (listed in the server's authorized keys).")
 @sandbox_options
 def evaluate(target: str, make_kwargs: tuple[str, ...], episodes: int, seed: int,
              policy: str | None, max_steps: int | None, max_seconds: float | None,
-             connect_timeout: float, as_json: bool, **params: Any) -> None:
+             connect_timeout: float, as_json: bool, server_key: str | None, client_key: str | None,
+             **params: Any) -> None:
     """Evaluate a policy (random by default) with Model.run and print a results table.
 
     ADDRESS_OR_SOURCE is a server address (tcp://127.0.0.1:5555, 127.0.0.1:5555, 5555,
@@ -54,7 +59,8 @@ def evaluate(target: str, make_kwargs: tuple[str, ...], episodes: int, seed: int
 
     sandbox = SandboxArgs.pop(params)
     kwargs = parse_make_kwargs(make_kwargs)
-    with _eval_env(target, sandbox, kwargs, connect_timeout) as env:
+    keys: dict[str, Any] = {"server_key": server_key, "client_key": client_key}
+    with _eval_env(target, sandbox, kwargs, connect_timeout, keys) as env:
         space = getattr(env, "single_action_space", None) or env.action_space
         model = Model(_policy_from(policy, space, seed))
         result = model.run(env, seeds=seed, episodes=episodes, max_steps=max_steps,
@@ -80,7 +86,7 @@ def _policy_from(path: str | None, action_space: Any, seed: int | None) -> Calla
 
 @contextmanager
 def _eval_env(target: str, sandbox: SandboxArgs, kwargs: dict[str, Any],
-              connect_timeout: float) -> Iterator[Any]:
+              connect_timeout: float, keys: dict[str, Any]) -> Iterator[Any]:
     if is_address(target) and not Path(target).is_dir():
         if kwargs:
             raise click.BadParameter("env keyword arguments cannot be sent to a running server",
@@ -88,9 +94,9 @@ def _eval_env(target: str, sandbox: SandboxArgs, kwargs: dict[str, Any],
         from rlmesh.numpy import RemoteEnv, RemoteVectorEnv
 
         try:
-            env: Any = RemoteEnv(target, connect_timeout=connect_timeout)
+            env: Any = RemoteEnv(target, connect_timeout=connect_timeout, **keys)
         except TypeError:  # the endpoint serves a vector env: its lanes run episodes in parallel
-            env = RemoteVectorEnv(target, connect_timeout=connect_timeout)
+            env = RemoteVectorEnv(target, connect_timeout=connect_timeout, **keys)
     elif is_sandbox_source(target, sandbox.force):
         env = open_sandbox(target, sandbox, 1, None, kwargs, vector=False)
     else:

@@ -19,6 +19,7 @@ from rlmesh.cli.doctor import doctor
 from rlmesh.cli.errors import EXIT_INTERRUPTED, CommandError, first_line, hint_for
 from rlmesh.cli.evaluate import evaluate
 from rlmesh.cli.images import images
+from rlmesh.cli.keys import keys
 from rlmesh.cli.runtimes import runtimes
 from rlmesh.cli.sandbox import sandbox
 from rlmesh.cli.serve import serve
@@ -66,7 +67,7 @@ def cli(verbose: bool) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-for _command in (serve, evaluate, runtimes, doctor, images, sandbox):
+for _command in (serve, evaluate, runtimes, doctor, images, sandbox, keys):
     cli.add_command(_command)
 
 

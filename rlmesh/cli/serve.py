@@ -39,9 +39,16 @@ __all__ = ["serve"]
 @click.option("--busy-poll", type=click.FloatRange(min=0), default=DEFAULT_BUSY_POLL, show_default=True,
               help="Seconds to poll for the next request after a reply when the client steps "
                    "that fast (0: always sleep between requests).")
+@click.option("--server-key", type=click.Path(dir_okay=False), envvar="RLMESH_SERVER_KEY",
+              help="This server's secret certificate: encrypt, and admit only authorized clients.")
+@click.option("--authorized-keys", type=click.Path(file_okay=False), envvar="RLMESH_AUTHORIZED_KEYS",
+              help="Folder of the client public certificates that may attach.")
+@click.option("--insecure", is_flag=True,
+              help="Serve without keys on an address other hosts can reach.")
 @sandbox_options
 def serve(target: str, make_kwargs: tuple[str, ...], address: str, num_envs: int,
-          vectorization_mode: str | None, busy_poll: float, **params: Any) -> None:
+          vectorization_mode: str | None, busy_poll: float, server_key: str | None,
+          authorized_keys: str | None, insecure: bool, **params: Any) -> None:
     """Serve an environment until Ctrl-C.
 
     ENV_ID_OR_SOURCE is a Gymnasium id (CartPole-v1), a factory (my_pkg.envs:make or
@@ -53,7 +60,8 @@ def serve(target: str, make_kwargs: tuple[str, ...], address: str, num_envs: int
         rlmesh serve CartPole-v1 --address 127.0.0.1:5555 -- max_episode_steps=200
 
     A sandbox is served through this process: clients connect to --address, and the
-    container stops when this command stops.
+    container stops when this command stops. An address other hosts can reach needs
+    --server-key and --authorized-keys (see `rlmesh keys new`), or --insecure.
     """
     sandbox = SandboxArgs.pop(params)
     kwargs = parse_make_kwargs(make_kwargs)
@@ -64,17 +72,18 @@ def serve(target: str, make_kwargs: tuple[str, ...], address: str, num_envs: int
     from rlmesh.server.env import EnvServer
 
     console = make_console()
+    keys: dict[str, Any] = {"server_key": server_key, "authorized_keys": authorized_keys, "insecure": insecure}
     if is_sandbox_source(target, sandbox.force):
         with open_sandbox(target, sandbox, num_envs, vectorization_mode, kwargs, vector=vector) as session:
             # Relaying through a local server keeps the session's heartbeats (so the container
             # dies with this process) and lets clients use --address like any other server.
-            server = EnvServer(session.client, address, close_env=False, busy_poll=busy_poll)
+            server = EnvServer(session.client, address, close_env=False, busy_poll=busy_poll, **keys)
             console.print(f"Serving sandbox {target} (container {session.container_id[:12]} on "
                           f"{session.driver.name}) at [bold]{server.address}[/bold]")
             _serve_until_stopped(server, watch=lambda: _container_alive(session))
         return
     env = local_env(target, num_envs, vectorization_mode, kwargs)
-    server = EnvServer(env, address, busy_poll=busy_poll)
+    server = EnvServer(env, address, busy_poll=busy_poll, **keys)
     console.print(f"Serving {target} at [bold]{server.address}[/bold]")
     _serve_until_stopped(server)
 

@@ -14,6 +14,7 @@ The lanes are combined as NumPy arrays (Gymnasium's vector layout), so this need
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -94,8 +95,8 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
         autoreset_mode: Wanted mode (name or ``gymnasium.vector.AutoresetMode``). Vector
             endpoints must all report this mode; single-env endpoints are autoreset in it.
             Default: the vector endpoints' common mode, else ``"NextStep"``.
-        connect_timeout, request_timeout, heartbeat_interval: As for
-            :class:`~rlmesh.client.RemoteEnvBase`, per endpoint.
+        connect_timeout, request_timeout, heartbeat_interval, server_key, client_key: As for
+            :class:`~rlmesh.client.RemoteEnvBase`, per endpoint (one key pair for all of them).
         owned: Objects closed after the connections when this env closes (e.g. the sandbox
             sessions that run the endpoints).
 
@@ -114,6 +115,8 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
         request_timeout: float | None = None,
         heartbeat_interval: float | None = 2.0,
         owned: Sequence[_HasClose] = (),
+        server_key: str | os.PathLike[str] | None = None,
+        client_key: str | os.PathLike[str] | None = None,
     ) -> None:
         self._endpoints: list[_Endpoint] = []
         self._owned = list(owned)
@@ -124,7 +127,8 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
             raise ValueError("give a non-empty list of endpoint addresses, e.g. "
                              "['tcp://10.0.0.5:5555', 'tcp://10.0.0.6:5555']")
         try:
-            self._connect(endpoints, connect_timeout, request_timeout, heartbeat_interval)
+            self._connect(endpoints, connect_timeout, request_timeout, heartbeat_interval,
+                          server_key, client_key)
             self._configure(autoreset_mode)
         except BaseException:
             self.close()
@@ -133,7 +137,8 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
     # --- setup ----------------------------------------------------------------------------------
 
     def _connect(self, endpoints: Sequence[str | int], connect_timeout: float,
-                 request_timeout: float | None, heartbeat_interval: float | None) -> None:
+                 request_timeout: float | None, heartbeat_interval: float | None,
+                 server_key: str | os.PathLike[str] | None, client_key: str | os.PathLike[str] | None) -> None:
         decode = _numpy_backend()  # lanes are combined as NumPy arrays, whatever the backend
         start = 0
         for address in endpoints:
@@ -141,7 +146,8 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
                                     request_timeout=request_timeout,
                                     heartbeat_interval=heartbeat_interval,
                                     tensor_factory=decode.tensor_factory,
-                                    object_array=decode.object_array)
+                                    object_array=decode.object_array,
+                                    server_key=server_key, client_key=client_key)
             try:
                 contract = EnvContract.from_wire(connection.contract_wire)
             except BaseException:

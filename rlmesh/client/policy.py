@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from rlmesh.backends import PLAIN, Backend
-from rlmesh.client.remote import AttachedClient, open_connection
+from rlmesh.client.remote import AttachedClient, KeyPath, open_connection
 from rlmesh.protocol.messages import MODEL_KIND, Request
 
 __all__ = ["PolicyClientBase"]
@@ -21,10 +21,12 @@ class PolicyClientBase(AttachedClient):
     _backend: ClassVar[Backend] = PLAIN
 
     def __init__(self, address: str | int, *, connect_timeout: float = 10.0,
-                 request_timeout: float | None = None, heartbeat_interval: float | None = 2.0) -> None:
+                 request_timeout: float | None = None, heartbeat_interval: float | None = 2.0,
+                 server_key: KeyPath | None = None, client_key: KeyPath | None = None) -> None:
         connection = open_connection(self._backend, address, connect_timeout=connect_timeout,
                                      request_timeout=request_timeout,
-                                     heartbeat_interval=heartbeat_interval)
+                                     heartbeat_interval=heartbeat_interval,
+                                     server_key=server_key, client_key=client_key)
         if connection.contract_wire.get("kind") != MODEL_KIND:
             connection.close()
             raise TypeError(f"the endpoint {connection.address} serves an environment, not a model; "

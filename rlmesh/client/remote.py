@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, Union
 
 from rlmesh.backends import PLAIN, Backend
 from rlmesh.client.closing import Closeable
@@ -18,6 +19,8 @@ __all__ = ["AttachedClient", "RemoteEnvBase", "RemoteVectorEnvBase", "RemoteEnv"
 
 log = logging.getLogger(__name__)
 
+#: A certificate file (``rlmesh keys new`` writes them).
+KeyPath = Union[str, "os.PathLike[str]"]
 ValueT = TypeVar("ValueT")
 ActionT = TypeVar("ActionT")
 
@@ -25,7 +28,8 @@ ActionT = TypeVar("ActionT")
 def open_connection(backend: Backend, address: str | int | None, *, host: str | None = None,
           port: int | None = None, path: str | None = None, transport: str | None = None,
           connect_timeout: float = 10.0, request_timeout: float | None = None,
-          heartbeat_interval: float | None = 2.0) -> Connection:
+          heartbeat_interval: float | None = 2.0, server_key: KeyPath | None = None,
+          client_key: KeyPath | None = None) -> Connection:
     endpoint = to_zmq_endpoint(address, host=host, port=port, path=path, transport=transport)
     return Connection(
         endpoint,
@@ -34,6 +38,8 @@ def open_connection(backend: Backend, address: str | int | None, *, host: str | 
         heartbeat_interval=heartbeat_interval,
         tensor_factory=backend.tensor_factory,
         object_array=backend.object_array,
+        server_key=server_key,
+        client_key=client_key,
     )
 
 
@@ -79,11 +85,14 @@ class _RemoteClient(AttachedClient, EnvSurface, Generic[ValueT, ActionT]):
         connect_timeout: float = 10.0,
         request_timeout: float | None = None,
         heartbeat_interval: float | None = 2.0,
+        server_key: KeyPath | None = None,
+        client_key: KeyPath | None = None,
     ) -> None:
         self._connection: Connection | None = None
         connection = open_connection(self._backend, address, host=host, port=port, path=path,
                            transport=transport, connect_timeout=connect_timeout,
-                           request_timeout=request_timeout, heartbeat_interval=heartbeat_interval)
+                           request_timeout=request_timeout, heartbeat_interval=heartbeat_interval,
+                           server_key=server_key, client_key=client_key)
         self._adopt(connection, expect_vector=self._expects_vector)
 
     def _adopt(self, connection: Connection, contract: EnvContract | None = None, *,
@@ -151,6 +160,8 @@ class RemoteEnvBase(_RemoteClient[ValueT, ActionT]):
         connect_timeout: Seconds to wait for the server's handshake.
         request_timeout: Seconds to wait for a reply (``None``: as long as the server lives).
         heartbeat_interval: Seconds between liveness messages (``None`` to disable).
+        server_key, client_key: For a keyed server, its public certificate and this client's
+            secret one (defaults ``$RLMESH_SERVER_KEY`` / ``$RLMESH_CLIENT_KEY``).
     """
 
     def reset(self, *, seed: int | None = None, options: dict[str, object] | None = None

@@ -8,6 +8,7 @@ request timeouts bound everything else.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -25,6 +26,7 @@ from rlmesh.errors import (
     VersionMismatchError,
 )
 from rlmesh.protocol.address import to_user_address
+from rlmesh.protocol.keys import ClientKeys, handshake_error
 from rlmesh.protocol.messages import (
     PROTOCOL_GENERATION,
     ErrorKind,
@@ -43,6 +45,11 @@ log = logging.getLogger(__name__)
 #: How often (ms) a waiting request, or a multi-endpoint gather, looks at monitors and deadlines.
 RECEIVE_SLICE_MS = 100
 _NOBLOCK = int(zmq.NOBLOCK)
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                     zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+_MONITORED = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
+for _event in _HANDSHAKE_FAILED:
+    _MONITORED |= _event
 _ZMTP_HEARTBEAT_MS = 1000
 _ZMTP_TIMEOUT_MS = 10000
 
@@ -58,6 +65,10 @@ class Connection:
         heartbeat_interval: Seconds between liveness messages sent from a background thread,
             so the server can tell an idle client from a dead one; ``None`` disables them.
         tensor_factory / object_array: How decoded tensors and object arrays are built.
+        server_key / client_key: For a keyed server: its public certificate and this client's
+            secret one (defaults ``$RLMESH_SERVER_KEY`` / ``$RLMESH_CLIENT_KEY``). A wrong,
+            missing or unauthorized key raises :class:`~rlmesh.errors.AuthenticationError` at
+            once, naming the key and the fix.
     """
 
     def __init__(
@@ -69,10 +80,13 @@ class Connection:
         heartbeat_interval: float | None = 2.0,
         tensor_factory: codec.TensorFactory | None = None,
         object_array: Callable[[codec.ObjectArray], Any] | None = None,
+        server_key: str | os.PathLike[str] | None = None,
+        client_key: str | os.PathLike[str] | None = None,
     ) -> None:
         connect_timeout = check_timeout("connect_timeout", connect_timeout)
         self.request_timeout = check_timeout("request_timeout", request_timeout)
         heartbeat_interval = check_timeout("heartbeat_interval", heartbeat_interval)
+        self._keys = ClientKeys.resolve(server_key, client_key)
         self.endpoint = endpoint
         self.address = to_user_address(endpoint)
         # The handshake decodes to plain Tensors: space specs hold Tensor bounds whatever the backend.
@@ -85,7 +99,7 @@ class Connection:
         self._broken: str | None = None
         self._context: zmq.Context[Any] = zmq.Context.instance()
         self._socket = self._socket_for(endpoint)
-        self._monitor = self._socket.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        self._monitor = self._socket.get_monitor_socket(_MONITORED)
         self._connected = False
         self._socket.connect(endpoint)
         self._heartbeat_stop = threading.Event()
@@ -107,6 +121,8 @@ class Connection:
         socket.setsockopt(zmq.HEARTBEAT_IVL, _ZMTP_HEARTBEAT_MS)
         socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, _ZMTP_TIMEOUT_MS)
         socket.setsockopt(zmq.RCVTIMEO, RECEIVE_SLICE_MS)
+        if self._keys is not None:
+            self._keys.apply(socket)
         if "[" in endpoint:
             socket.setsockopt(zmq.IPV6, 1)
         return socket
@@ -215,7 +231,12 @@ class Connection:
 
     def _check_monitor(self, connecting: bool) -> None:
         while self._monitor.poll(0):
-            event = parse_monitor_message(self._monitor.recv_multipart())["event"]
+            message = parse_monitor_message(self._monitor.recv_multipart())
+            event = message["event"]
+            if event in _HANDSHAKE_FAILED:  # a key is wrong or missing: retrying cannot help
+                error = handshake_error(event, int(message["value"]), self.endpoint, self.address, self._keys)
+                self._broken = str(error)
+                raise error
             if event == zmq.EVENT_CONNECTED:
                 self._connected = True
             elif event == zmq.EVENT_DISCONNECTED and self._connected and not connecting:

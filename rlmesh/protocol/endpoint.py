@@ -23,6 +23,7 @@ import zmq
 from rlmesh._version import __version__
 from rlmesh.errors import ProtocolError
 from rlmesh.protocol.address import to_user_address, to_zmq_endpoint
+from rlmesh.protocol.keys import ServerKeys, is_private_endpoint
 from rlmesh.protocol.messages import (
     PROTOCOL_GENERATION,
     REPLY_FIELDS,
@@ -131,6 +132,9 @@ class Endpoint:
         busy_poll: float = DEFAULT_BUSY_POLL,
         tensor_factory: codec.TensorFactory | None = None,
         object_array: Any = None,
+        server_key: str | os.PathLike[str] | None = None,
+        authorized_keys: str | os.PathLike[str] | None = None,
+        insecure: bool = False,
     ) -> None:
         if busy_poll < 0:
             raise ValueError(f"busy_poll must be >= 0 seconds (0 turns it off); got {busy_poll!r}")
@@ -142,20 +146,32 @@ class Endpoint:
         self._tensor_factory = tensor_factory
         self._object_array = object_array
         endpoint = to_zmq_endpoint(address)
+        self._keys = ServerKeys.resolve(server_key, authorized_keys)
+        if self._keys is None and not insecure and not is_private_endpoint(endpoint):
+            raise ValueError(
+                f"refusing to serve on {to_user_address(endpoint)} without keys: anyone who reaches "
+                "that address could drive this server. Pass server_key= (a secret certificate) and "
+                "authorized_keys= (a folder of client public certificates); make them with "
+                "`rlmesh keys new NAME`. To serve unencrypted to everyone on purpose, pass insecure=True")
         if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
             endpoint = endpoint[:-2] + ":*"
-        self._context: zmq.Context[Any] = zmq.Context.instance()
+        # A keyed endpoint has a context of its own: its authenticator answers for the whole context.
+        self._context: zmq.Context[Any] = zmq.Context() if self._keys else zmq.Context.instance()
         self._socket = self._context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
+        if self._keys is not None:
+            self._keys.apply(self._context, self._socket)
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # replies to vanished peers raise, not vanish
         if "[" in endpoint:
             self._socket.setsockopt(zmq.IPV6, 1)
         try:
             self._socket.bind(endpoint)
         except zmq.ZMQError as exc:
-            self._socket.close()
+            self._close_socket()
             raise OSError(f"cannot listen on {to_user_address(endpoint)}: {exc}") from exc
         self._endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        if self._endpoint.startswith("ipc://"):
+            os.chmod(self._endpoint[len("ipc://"):], 0o600)  # this user's processes only
         # shutdown() wakes the blocked receive through a second, in-process address.
         self._wake_endpoint = f"inproc://rlmesh-wake-{uuid.uuid4().hex}"
         self._socket.bind(self._wake_endpoint)
@@ -258,7 +274,7 @@ class Endpoint:
         if self._closed:
             return
         self._closed = True
-        self._socket.close(linger=0)
+        self._close_socket()
         if self._endpoint.startswith("ipc://"):
             try:
                 os.unlink(self._endpoint[len("ipc://"):])
@@ -269,6 +285,12 @@ class Endpoint:
         finally:
             self._stopped.set()
         log.info("%s on %s stopped", self.role, self.address)
+
+    def _close_socket(self) -> None:
+        self._socket.close(linger=0)
+        if self._keys is not None:
+            self._keys.close()
+            self._context.term()
 
     # --- loop -----------------------------------------------------------------------------------
 

@@ -30,13 +30,17 @@ EXIT_ENV_FAILED = 3
 
 
 def build_server(config: dict[str, Any], address: str, app_dir: str | Path) -> Endpoint:
-    """The env or model server ``config`` describes, bound to ``address`` (not serving yet)."""
+    """The env or model server ``config`` describes, bound to ``address`` (not serving yet).
+
+    It serves without keys: a container's port is published on the host's loopback (or reached
+    at the engine's bridge address), and a Ray worker's on the cluster's own network.
+    """
     timeout = float(config.get("owner_timeout", 15.0))
     if config.get("kind") == "model":
         predict = load_policy(str(app_dir), str(config["entry"]))
         return ModelServer(predict, address, backend=str(config.get("backend", "numpy")),
                            info={"batched": bool(config.get("batched", False))},
-                           owner_timeout=timeout, session_timeout=timeout)
+                           owner_timeout=timeout, session_timeout=timeout, insecure=True)
     env = make_env(
         config["source"],
         num_envs=int(config.get("num_envs", 1)),
@@ -45,7 +49,7 @@ def build_server(config: dict[str, Any], address: str, app_dir: str | Path) -> E
         app_dir=app_dir,
         make_kwargs=config.get("make_kwargs") or {},
     )
-    return EnvServer(env, address, owner_timeout=timeout, session_timeout=timeout)
+    return EnvServer(env, address, owner_timeout=timeout, session_timeout=timeout, insecure=True)
 
 
 def main() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -102,6 +103,13 @@ class EnvServer(Endpoint):
             it off. It applies only to :meth:`serve` on the main thread (a server in a
             background thread would hold the GIL its process needs), and only with at least
             two usable CPUs (affinity and cgroup quota).
+        server_key: This server's secret certificate (``rlmesh keys new``). With it, all traffic
+            is encrypted and only clients whose public certificate is in ``authorized_keys`` get a
+            session. Default: ``$RLMESH_SERVER_KEY``.
+        authorized_keys: A folder of client public certificates, read again when an unknown key
+            knocks (add or remove files to rotate keys). Default: ``$RLMESH_AUTHORIZED_KEYS``.
+        insecure: Serve without keys on an address other hosts can reach. Without it, such an
+            address (anything but loopback or a unix socket) needs ``server_key``.
 
     One client is attached at a time; a second client gets a
     :class:`~rlmesh.errors.ServerBusyError` until the first closes or times out.
@@ -119,6 +127,9 @@ class EnvServer(Endpoint):
         owner_timeout: float | None = None,
         close_env: bool = True,
         busy_poll: float = DEFAULT_BUSY_POLL,
+        server_key: str | os.PathLike[str] | None = None,
+        authorized_keys: str | os.PathLike[str] | None = None,
+        insecure: bool = False,
     ) -> None:
         self.env = _as_env(env)
         self.check_actions = check_actions
@@ -130,7 +141,8 @@ class EnvServer(Endpoint):
         self.close_env = close_env
         self.contract = self._make_contract()
         super().__init__(address, session_timeout=session_timeout, owner_timeout=owner_timeout,
-                         busy_poll=busy_poll, tensor_factory=_decode_tensor_factory())
+                         busy_poll=busy_poll, tensor_factory=_decode_tensor_factory(),
+                         server_key=server_key, authorized_keys=authorized_keys, insecure=insecure)
         log.info("serving %s on %s", self.contract.env_id or type(self.env).__name__, self.address)
 
     def _handshake(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@ policy that raises is reported to the client with its traceback, and the server 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,8 @@ class ModelServer(Endpoint):
         backend: How observations decode before ``predict`` sees them: ``"numpy"``,
             ``"torch"`` or ``"plain"`` (rlmesh Tensors).
         info: Extra handshake fields the client may read (e.g. ``{"batched": True}``).
-        session_timeout / owner_timeout / busy_poll: As for :class:`~rlmesh.server.EnvServer`.
+        session_timeout / owner_timeout / busy_poll / server_key / authorized_keys / insecure: As
+            for :class:`~rlmesh.server.EnvServer`.
     """
 
     role = "model server"
@@ -63,13 +65,16 @@ class ModelServer(Endpoint):
     def __init__(self, predict: Callable[[Any], Any], address: str | int = "tcp://127.0.0.1:0", *,
                  backend: str = "numpy", info: Mapping[str, Any] | None = None,
                  session_timeout: float = 30.0, owner_timeout: float | None = None,
-                 busy_poll: float = DEFAULT_BUSY_POLL) -> None:
+                 busy_poll: float = DEFAULT_BUSY_POLL,
+                 server_key: str | os.PathLike[str] | None = None,
+                 authorized_keys: str | os.PathLike[str] | None = None, insecure: bool = False) -> None:
         self.predict = predict
         self.backend = backend_named(backend)
         self.info = dict(info or {})
         super().__init__(address, session_timeout=session_timeout, owner_timeout=owner_timeout,
                          busy_poll=busy_poll, tensor_factory=self.backend.tensor_factory,
-                         object_array=self.backend.object_array)
+                         object_array=self.backend.object_array, server_key=server_key,
+                         authorized_keys=authorized_keys, insecure=insecure)
         log.info("serving a model on %s", self.address)
 
     def _handshake(self) -> dict[str, Any]:

@@ -328,3 +328,32 @@ def test_doctor_without_engines_only_warns() -> None:
     result = rlmesh("doctor", env=env)
     assert result.returncode == 0, result.stderr
     assert "no runtime is available" in result.stdout
+
+
+# --- keys -----------------------------------------------------------------------------------------
+
+def test_keys_new_then_serve_and_eval_with_keys(serving: list[Serving], tmp_path_factory: pytest.TempPathFactory) -> None:
+    folder = tmp_path_factory.mktemp("keys")
+    for name in ("server", "client"):
+        result = rlmesh("keys", "new", name, "--dir", str(folder))
+        assert result.returncode == 0, result.stderr
+        assert (folder / f"{name}.key_secret").stat().st_mode & 0o777 == 0o600
+    assert rlmesh("keys", "new", "server", "--dir", str(folder)).returncode == 1  # never overwrites
+    authorized = folder / "authorized"
+    authorized.mkdir()
+    (authorized / "client.key").write_bytes((folder / "client.key").read_bytes())
+
+    refused = rlmesh("serve", "CartPole-v1", "--address", f"tcp://0.0.0.0:{free_port()}", timeout=60)
+    assert_failure(refused, "without keys", "insecure")
+
+    server = Serving(["CartPole-v1", "--address", "tcp://0.0.0.0:0", "--server-key",
+                      str(folder / "server.key_secret"), "--authorized-keys", str(authorized)])
+    serving.append(server)
+    address = "127.0.0.1:" + server.address.rsplit(":", 1)[1]
+    keyless = rlmesh("eval", address, "--episodes", "1", "--connect-timeout", "5")
+    assert_failure(keyless, "requires keys")
+    keyed = rlmesh("eval", address, "--episodes", "2", "--json", "--server-key", str(folder / "server.key"),
+                   "--client-key", str(folder / "client.key_secret"))
+    assert keyed.returncode == 0, keyed.stderr
+    assert len(json.loads(keyed.stdout)["episodes"]) == 2
+    assert server.stop() == 0
