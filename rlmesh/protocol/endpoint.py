@@ -33,6 +33,7 @@ from rlmesh.protocol.messages import (
     recv_frames,
     send_frames,
 )
+from rlmesh.protocol.sessions import Sessions, SessionWorkers
 from rlmesh.protocol.timeouts import check_timeout
 from rlmesh.wire import codec
 
@@ -109,10 +110,6 @@ def _cgroup_cpu_quota(root: str) -> float | None:
     return value if value > 0 else None
 
 
-def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 class Endpoint:
     """A bound ROUTER socket serving one attached client session at a time.
 
@@ -135,6 +132,7 @@ class Endpoint:
         server_key: str | os.PathLike[str] | None = None,
         authorized_keys: str | os.PathLike[str] | None = None,
         insecure: bool = False,
+        max_sessions: int = 1,
     ) -> None:
         if busy_poll < 0:
             raise ValueError(f"busy_poll must be >= 0 seconds (0 turns it off); got {busy_poll!r}")
@@ -176,9 +174,14 @@ class Endpoint:
         self._wake_endpoint = f"inproc://rlmesh-wake-{uuid.uuid4().hex}"
         self._socket.bind(self._wake_endpoint)
         self._socket.setsockopt(zmq.RCVTIMEO, _POLL_MS)
-        self._session: str | None = None
-        self._last_seen = time.monotonic()
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be at least 1, got {max_sessions!r}")
+        self._sessions = Sessions(max_sessions)
+        # Several sessions are answered by a worker each, so one slow env stalls only its client.
+        self._workers = SessionWorkers(self._context, self._answer_job, self._detached) \
+            if max_sessions > 1 else None
         self._stop = threading.Event()
+        self._signalled = False
         self._thread: threading.Thread | None = None
         self._loop_thread: threading.Thread | None = None
         self._stopped = threading.Event()
@@ -190,9 +193,15 @@ class Endpoint:
         """The ``hello`` reply: at least ``protocol`` and ``server_version``."""
         raise NotImplementedError
 
-    def _answer(self, kind: str, payload: Any) -> Any:
-        """Answer one request of an attached client; raise :class:`ErrorReply` to refuse."""
+    def _answer(self, session: str, kind: str, payload: Any) -> Any:
+        """Answer one request of the attached ``session``; raise :class:`ErrorReply` to refuse."""
         raise NotImplementedError
+
+    def _attached(self, session: str) -> None:
+        """A client attached as ``session``; raising refuses it (the error goes to the client)."""
+
+    def _detached(self, session: str) -> None:
+        """``session`` closed or timed out (with several sessions: on its worker, after its last reply)."""
 
     def _release(self) -> None:
         """Free what the subclass holds, once, after the socket is closed."""
@@ -219,18 +228,27 @@ class Endpoint:
 
     def serve(self) -> None:
         """Serve until :meth:`shutdown`, Ctrl-C, SIGTERM or the owner timeout; then clean up."""
-        previous = None
+        previous: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+            # Ctrl-C and SIGTERM set the stop flag rather than raise: pyzmq may run a signal
+            # handler inside a frame's deallocation, where a KeyboardInterrupt would be swallowed.
+            for stop_signal in (signal.SIGINT, signal.SIGTERM):
+                previous[stop_signal] = signal.signal(stop_signal, self._on_signal)
         self._loop_thread = threading.current_thread()
         try:
             self._loop()
+            if self._signalled:
+                log.info("interrupted; shutting down")
         except KeyboardInterrupt:
             log.info("interrupted; shutting down")
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for stop_signal, handler in previous.items():
+                signal.signal(stop_signal, handler)
             self._cleanup()  # sets _stopped last: from then on shutdown() has nothing to do
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signalled = True  # no logging here: the handler may interrupt a logging call
+        self._stop.set()
 
     def start(self: EndpointT) -> EndpointT:
         """Serve in a background thread and return self."""
@@ -274,6 +292,8 @@ class Endpoint:
         if self._closed:
             return
         self._closed = True
+        if self._workers is not None:
+            self._workers.close()
         self._close_socket()
         if self._endpoint.startswith("ipc://"):
             try:
@@ -295,6 +315,9 @@ class Endpoint:
     # --- loop -----------------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        if self._workers is not None:
+            self._loop_sessions()
+            return
         socket = self._socket
         started = time.monotonic()
         # Only a server that owns its process polls: from a background thread it would hold
@@ -324,57 +347,103 @@ class Endpoint:
                 except Exception:  # a bug of ours must cost one request, never the server
                     log.exception("could not answer a request; serving on")
                 replied_at = time.perf_counter_ns()
-            now = time.monotonic()
-            if self._session is not None and now - self._last_seen > self.session_timeout:
-                log.warning("client %s sent nothing for %.0f s; detaching it", self._session[:8],
-                            self.session_timeout)
-                self._session = None
-                self._last_seen = now
-            if (self.owner_timeout is not None and self._session is None
-                    and now - max(self._last_seen, started) > self.owner_timeout):
-                log.warning("no client for %.0f s; stopping (owner_timeout)", self.owner_timeout)
+            if self._housekeeping(started):
                 return
+
+    def _loop_sessions(self) -> None:
+        """The loop with session workers: requests in, finished replies out, no busy polling."""
+        assert self._workers is not None
+        socket, replies = self._socket, self._workers.replies
+        poller = zmq.Poller()
+        poller.register(socket, zmq.POLLIN)
+        poller.register(replies, zmq.POLLIN)
+        started = time.monotonic()
+        while not self._stop.is_set():
+            ready = dict(poller.poll(_POLL_MS))
+            if self._stop.is_set():
+                return
+            if replies in ready:
+                self._workers.forward(socket)
+            if socket in ready:
+                while True:
+                    try:
+                        frames = recv_frames(socket, _NOBLOCK)
+                    except zmq.Again:
+                        break
+                    try:
+                        self._handle(frames)
+                    except Exception:  # a bug of ours must cost one request, never the server
+                        log.exception("could not answer a request; serving on")
+            if self._housekeeping(started):
+                return
+
+    def _housekeeping(self, started: float) -> bool:
+        """Detach silent sessions; ``True`` when the owner timeout says to stop."""
+        for session in self._sessions.silent_for(self.session_timeout):
+            log.warning("client %s sent nothing for %.0f s; detaching it", session[:8], self.session_timeout)
+            self._drop(session)
+        if (self.owner_timeout is not None and not len(self._sessions)
+                and time.monotonic() - max(self._sessions.last_activity, started) > self.owner_timeout):
+            log.warning("no client for %.0f s; stopping (owner_timeout)", self.owner_timeout)
+            return True
+        return False
+
+    def _drop(self, session: str) -> None:
+        if not self._sessions.detach(session):
+            return
+        if self._workers is not None:
+            self._workers.stop(session)  # its worker detaches it after its last reply
+        else:
+            self._detached(session)
 
     def _handle(self, frames: list[zmq.Frame]) -> None:
         if len(frames) < 2:
             return  # not even an identity and a header: nothing to answer
         identity = frames[0].bytes
-        request_id = -1
-        kind = ""
         try:
             request = codec.decode(frame_contents(frames[1:]), self._tensor_factory, self._object_array)
             if not isinstance(request, list) or len(request) != 4 or not isinstance(request[0], str):
                 raise ProtocolError("request must be [kind, request_id, session, payload]")
             kind, request_id, session, payload = request
             if not isinstance(request_id, int) or isinstance(request_id, bool):
-                request_id = -1
                 raise ProtocolError("request id must be an integer")
-            if kind == Request.HEARTBEAT:
-                if session is not None and session == self._session:
-                    self._last_seen = time.monotonic()
-                return
-            result = self._dispatch(kind, session, payload)
-        except ErrorReply as error:
-            self._reply(identity, ["error", request_id, error.payload])
-            return
         except ProtocolError as exc:
-            self._reply(identity, ["error", request_id, _error_payload(ErrorKind.PROTOCOL, exc)])
+            self._reply(identity, ["error", -1, _error_payload(ErrorKind.PROTOCOL, exc)])
             return
+        if kind == Request.HEARTBEAT:
+            if isinstance(session, str):
+                self._sessions.touch(session)
+            return
+        if kind not in (Request.HELLO, Request.CLOSE) and session in self._sessions:
+            self._sessions.touch(session, completed=True)
+            if self._workers is not None:
+                self._workers.submit(session, (identity, request_id, kind, payload))
+                return
+        self._send(identity, self._reply_frames(request_id, kind, lambda: self._dispatch(kind, session, payload)))
+
+    def _answer_job(self, session: str, job: tuple[bytes, int, str, Any]) -> list[Any]:
+        _, request_id, kind, payload = job
+        return self._reply_frames(request_id, kind, lambda: self._answer(session, kind, payload))
+
+    def _reply_frames(self, request_id: int, kind: str, compute: Any) -> list[Any]:
+        """The reply to one request: ``compute()``'s result, or the error it raised."""
+        try:
+            result = compute()
+        except ErrorReply as error:
+            return codec.encode(["error", request_id, error.payload])
+        except ProtocolError as exc:
+            return codec.encode(["error", request_id, _error_payload(ErrorKind.PROTOCOL, exc)])
         except Exception as exc:  # the env or policy raised: report it and keep serving
             log.debug("request handler raised", exc_info=True)
-            self._reply(identity, ["error", request_id, _error_payload(ErrorKind.ENVIRONMENT, exc)])
-            return
-        self._last_seen = time.monotonic()
+            return codec.encode(["error", request_id, _error_payload(ErrorKind.ENVIRONMENT, exc)])
         try:
-            frames = codec.encode(["ok", request_id, result])
+            return codec.encode(["ok", request_id, result])
         except codec.EncodeError as exc:  # the env returned something the wire cannot carry
             where = codec.EncodeError(exc.reason, exc.path[1:]).where(REPLY_FIELDS.get(kind, ()))
             message = f"the {kind} reply cannot be sent: {where}: {exc.reason}"
             log.warning("%s", message)
-            self._reply(identity, ["error", request_id, {
+            return codec.encode(["error", request_id, {
                 "kind": ErrorKind.ENVIRONMENT, "type": "EncodeError", "message": message, "traceback": ""}])
-            return
-        self._send(identity, frames)
 
     def _reply(self, identity: bytes, message: list[Any]) -> None:
         """Send an error reply; it holds only strings and ints, so it always encodes."""
@@ -389,13 +458,13 @@ class Endpoint:
     def _dispatch(self, kind: str, session: Any, payload: Any) -> Any:
         if kind == Request.HELLO:
             return self._hello(session, payload)
-        if session is None or session != self._session:
+        if session not in self._sessions:
             raise ErrorReply(ErrorKind.NOT_ATTACHED, "this client is not attached (it closed or "
                              "timed out); reconnect with a new client")
         if kind == Request.CLOSE:
-            self._session = None
+            self._drop(session)
             return None
-        return self._answer(kind, payload)
+        return self._answer(session, kind, payload)
 
     def _hello(self, session: Any, payload: Any) -> Any:
         if not isinstance(session, str) or not isinstance(payload, dict):
@@ -405,10 +474,26 @@ class Endpoint:
                 f"protocol generation mismatch: server rlmesh {__version__} speaks generation "
                 f"{PROTOCOL_GENERATION}, client rlmesh {payload.get('version')} speaks "
                 f"{payload.get('protocol')}; install the same rlmesh version on both sides"))
-        if self._session is not None and self._session != session:
-            raise ErrorReply(ErrorKind.BUSY, (
-                f"the {self.role} at {self.address} already serves another client; close that "
-                "client first, or start another server for this one"))
-        self._session = session
-        self._last_seen = time.monotonic()
+        if session in self._sessions:
+            return self._handshake()
+        if len(self._sessions) >= self._sessions.limit:
+            # A peer that attached and never asked for anything gives way: one hello must not
+            # be able to hold a server.
+            idle = self._sessions.unproven()
+            if idle is None:
+                limit = self._sessions.limit
+                held = "another client" if limit == 1 else f"{limit} clients (max_sessions={limit})"
+                raise ErrorReply(ErrorKind.BUSY, (
+                    f"the {self.role} at {self.address} already serves {held}; close one first, "
+                    "or start another server for this one"))
+            log.warning("client %s attached but never sent a request; detaching it for a new one", idle[:8])
+            self._drop(idle)
+        self._sessions.attach(session)
+        try:
+            self._attached(session)
+        except BaseException:
+            self._sessions.detach(session)
+            raise
+        if self._workers is not None:
+            self._workers.start(session)
         return self._handshake()

@@ -14,7 +14,10 @@ from rlmesh.protocol.messages import EnvContract, ErrorKind, Request
 from rlmesh.wire import codec
 from rlmesh.wire.spaces import SpaceSpec
 
-__all__ = ["EnvServer"]
+__all__ = ["EnvServer", "DEFAULT_MAX_SESSIONS"]
+
+#: Sessions an env factory serves at once unless ``max_sessions`` says otherwise.
+DEFAULT_MAX_SESSIONS = 8
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,11 @@ def _batched_space(env: Any, name: str, vector: bool) -> Any:
     if type(single).__module__.startswith("rlmesh"):  # an rlmesh Space: batch its Gymnasium twin
         single = gymnasium_from_spec(single.spec)
     return batch_space(single, int(env.num_envs))
+
+
+def _is_factory(env: Any) -> bool:
+    """A callable that makes an env, rather than an env (or a list of envs) itself."""
+    return callable(env) and not isinstance(env, (list, tuple)) and not callable(getattr(env, "step", None))
 
 
 def _as_env(env: Any) -> Any:
@@ -86,7 +94,8 @@ class EnvServer(Endpoint):
 
     Args:
         env: A Gymnasium-like env, a Gymnasium vector env, or a list of envs (served as a
-            synchronous vector env).
+            synchronous vector env); or a factory, a callable that makes one of these: then each
+            attached client gets an env of its own, closed when that client closes or times out.
         address: Where to listen: ``"tcp://127.0.0.1:5555"``, ``"127.0.0.1:5555"``, a port
             (loopback), or ``"unix:///tmp/env.sock"``. Port 0 picks a free port; read
             :attr:`address` afterwards. Binds loopback unless a host is given explicitly.
@@ -110,9 +119,15 @@ class EnvServer(Endpoint):
             knocks (add or remove files to rotate keys). Default: ``$RLMESH_AUTHORIZED_KEYS``.
         insecure: Serve without keys on an address other hosts can reach. Without it, such an
             address (anything but loopback or a unix socket) needs ``server_key``.
+        max_sessions: How many clients may attach at once (needs a factory above 1; default 1
+            for an env, :data:`DEFAULT_MAX_SESSIONS` for a factory). With more than one, each
+            session's requests run on a thread of its own, so a slow env (or one that waits on
+            I/O, or on native code that releases the GIL) stalls only its own client; pure
+            Python env code still takes turns on the GIL.
 
-    One client is attached at a time; a second client gets a
-    :class:`~rlmesh.errors.ServerBusyError` until the first closes or times out.
+    A client past ``max_sessions`` gets a :class:`~rlmesh.errors.ServerBusyError` naming the
+    limit until another closes or times out. A client that attached but never sent a request
+    makes way for a new one after a couple of seconds, so a stray ``hello`` cannot hold a server.
     """
 
     role = "env server"
@@ -130,8 +145,19 @@ class EnvServer(Endpoint):
         server_key: str | os.PathLike[str] | None = None,
         authorized_keys: str | os.PathLike[str] | None = None,
         insecure: bool = False,
+        max_sessions: int | None = None,
     ) -> None:
-        self.env = _as_env(env)
+        self._factory: Callable[[], Any] | None = env if _is_factory(env) else None
+        if max_sessions is None:
+            max_sessions = 1 if self._factory is None else DEFAULT_MAX_SESSIONS
+        if max_sessions > 1 and self._factory is None:
+            raise ValueError(f"max_sessions={max_sessions} needs an env factory, so that every client "
+                             "gets an env of its own: pass a callable that makes the env, e.g. "
+                             "lambda: gymnasium.make('CartPole-v1')")
+        self.env = _as_env(env() if self._factory is not None else env)
+        # Envs made by the factory and not handed to a session yet; the first one set the contract.
+        self._spare: list[Any] = [self.env] if self._factory is not None else []
+        self._envs: dict[str, Any] = {}
         self.check_actions = check_actions
         self._vector = _is_vector(self.env)
         # VectorEnvLike promises only the single spaces: derive the batched ones when missing.
@@ -142,32 +168,49 @@ class EnvServer(Endpoint):
         self.contract = self._make_contract()
         super().__init__(address, session_timeout=session_timeout, owner_timeout=owner_timeout,
                          busy_poll=busy_poll, tensor_factory=_decode_tensor_factory(),
-                         server_key=server_key, authorized_keys=authorized_keys, insecure=insecure)
+                         server_key=server_key, authorized_keys=authorized_keys, insecure=insecure,
+                         max_sessions=max_sessions)
         log.info("serving %s on %s", self.contract.env_id or type(self.env).__name__, self.address)
 
     def _handshake(self) -> dict[str, Any]:
         return self.contract.to_wire()
 
     def _release(self) -> None:
+        envs = [*self._envs.values(), *self._spare] if self._factory is not None else [self.env]
+        self._envs.clear()
+        self._spare.clear()
+        for env in envs:
+            self._close(env)
+
+    def _close(self, env: Any) -> None:
         if self.close_env:
             try:
-                self.env.close()
+                env.close()
             except Exception:  # closing must not mask the reason we stopped
                 log.exception("error while closing the environment")
 
-    def _answer(self, kind: str, payload: Any) -> Any:
+    def _attached(self, session: str) -> None:
+        if self._factory is not None:
+            self._envs[session] = self._spare.pop() if self._spare else _as_env(self._factory())
+
+    def _detached(self, session: str) -> None:
+        env = self._envs.pop(session, None)
+        if env is not None:
+            self._close(env)
+
+    def _answer(self, session: str, kind: str, payload: Any) -> Any:
+        env = self._envs[session] if self._factory is not None else self.env
         if kind == Request.STEP:
-            return self._step(payload)
+            return self._step(env, payload)
         if kind == Request.RESET:
             seed, options = (payload or {}).get("seed"), (payload or {}).get("options")
-            obs, info = self.env.reset(seed=seed, options=options)
+            obs, info = env.reset(seed=seed, options=options)
             return [obs, info]
         if kind == Request.RENDER:
-            return self._render(int((payload or {}).get("env_index", 0)))
+            return self._render(env, int((payload or {}).get("env_index", 0)))
         raise ProtocolError(f"unknown request kind {kind!r} for an env endpoint")
 
-    def _step(self, action: Any) -> Any:
-        env = self.env
+    def _step(self, env: Any, action: Any) -> Any:
         if self._vector and isinstance(action, (list, tuple)):
             action = _batch_actions(env, action)
         if self.check_actions and not self._action_ok(action):
@@ -176,8 +219,7 @@ class EnvServer(Endpoint):
         obs, reward, terminated, truncated, info = env.step(action)
         return [obs, reward, terminated, truncated, info]
 
-    def _render(self, env_index: int) -> Any:
-        env = self.env
+    def _render(self, env: Any, env_index: int) -> Any:
         if not self._vector:
             return env.render()
         if not 0 <= env_index < self.contract.num_envs:

@@ -81,7 +81,7 @@ class ModelServer(Endpoint):
         return {**self.info, "kind": MODEL_KIND, "protocol": PROTOCOL_GENERATION,
                 "server_version": __version__}
 
-    def _answer(self, kind: str, payload: Any) -> Any:
+    def _answer(self, session: str, kind: str, payload: Any) -> Any:
         if kind == Request.PREDICT:
             return self.predict(payload)
         raise ProtocolError(f"unknown request kind {kind!r} for a model endpoint (it answers predict)")

@@ -3,7 +3,8 @@
 ``python core_serve.py CONFIG_JSON`` serves one env; ``python core_serve.py --host`` reads one
 CONFIG_JSON per line from stdin and serves each from its own thread (one import of the test
 stack for many servers), until stdin closes. Either way each server answers ``READY <address>``.
-Config keys: ``env`` (name in :mod:`core_envs`), ``env_kwargs``, ``address``, ``server_kwargs``.
+Config keys: ``env`` (name in :mod:`core_envs`), ``env_kwargs``, ``address``, ``server_kwargs``
+(``"factory": true`` there serves a factory of the env: one env per session).
 """
 
 from __future__ import annotations
@@ -19,8 +20,13 @@ from rlmesh import EnvServer
 
 
 def make_server(config: dict[str, Any]) -> EnvServer:
-    env = core_envs.make(config["env"], **config.get("env_kwargs", {}))
-    return EnvServer(env, config.get("address", "tcp://127.0.0.1:0"), **config.get("server_kwargs", {}))
+    server_kwargs = dict(config.get("server_kwargs", {}))
+    name, env_kwargs = config["env"], config.get("env_kwargs", {})
+    if server_kwargs.pop("factory", False):  # an env of its own for every session
+        env: Any = lambda: core_envs.make(name, **env_kwargs)  # noqa: E731
+    else:
+        env = core_envs.make(name, **env_kwargs)
+    return EnvServer(env, config.get("address", "tcp://127.0.0.1:0"), **server_kwargs)
 
 
 def host() -> None:
