@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from rlmesh.errors import (
+    AuthenticationError,
     ContainerError,
     ImageBuildError,
     PackageSpecError,
@@ -51,6 +52,11 @@ def hint_for(exc: BaseException) -> str:
         return "rerun with --verbose to see the build log"
     if isinstance(exc, ContainerError):
         return "rerun with --verbose to see the container's last log lines"
+    if isinstance(exc, AuthenticationError):
+        return ("on the command line: --server-key SERVER.key and --client-key YOU.key_secret "
+                "(or $RLMESH_SERVER_KEY / $RLMESH_CLIENT_KEY); `rlmesh keys new` makes a pair")
+    if isinstance(exc, ValueError) and "without keys" in str(exc):
+        return "on the command line: --server-key SERVER.key_secret --authorized-keys FOLDER, or --insecure"
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return "is a server running there? Start one with `rlmesh serve ENV_ID --address ADDRESS`"
     if isinstance(exc, ImportError):

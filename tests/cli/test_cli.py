@@ -345,6 +345,7 @@ def test_keys_new_then_serve_and_eval_with_keys(serving: list[Serving], tmp_path
 
     refused = rlmesh("serve", "CartPole-v1", "--address", f"tcp://0.0.0.0:{free_port()}", timeout=60)
     assert_failure(refused, "without keys", "insecure")
+    assert "--server-key" in refused.stderr and "--insecure" in refused.stderr  # the CLI's spelling
 
     server = Serving(["CartPole-v1", "--address", "tcp://0.0.0.0:0", "--server-key",
                       str(folder / "server.key_secret"), "--authorized-keys", str(authorized)])
@@ -352,6 +353,7 @@ def test_keys_new_then_serve_and_eval_with_keys(serving: list[Serving], tmp_path
     address = "127.0.0.1:" + server.address.rsplit(":", 1)[1]
     keyless = rlmesh("eval", address, "--episodes", "1", "--connect-timeout", "5")
     assert_failure(keyless, "requires keys")
+    assert "Hint: on the command line: --server-key" in keyless.stderr
     keyed = rlmesh("eval", address, "--episodes", "2", "--json", "--server-key", str(folder / "server.key"),
                    "--client-key", str(folder / "client.key_secret"))
     assert keyed.returncode == 0, keyed.stderr
