@@ -9,6 +9,9 @@ arrays with ``info["_key"]`` masks, and single-env endpoints autoreset exactly a
 
 The lanes are combined as NumPy arrays (Gymnasium's vector layout), so this needs the
 ``gymnasium`` extra whatever the backend; the backend only decides what the caller receives.
+
+Why one module of this size: lane bookkeeping, the concurrent gather and autoreset in three
+modes share per-lane state on every step; split, each part would reach into the others.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 ``Model(predict).run(env, seeds=[...])`` plays one episode per seed and returns a
 :class:`~rlmesh.model.results.RunResult`. The same seed always starts the same episode, whether the
 env is local, remote, or a lane of a vector env, so runs are reproducible and comparable.
+
+Why one module of this size: the single-env and the vector-lane episode loops share the spec
+checks, the policy call and the telemetry; results are in :mod:`rlmesh.model.results`.
 """
 
 from __future__ import annotations

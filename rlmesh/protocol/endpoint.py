@@ -4,6 +4,10 @@
 what they answer (``reset``/``step``/``render`` or ``predict``) and what their handshake
 describes; everything else lives here. One client is attached at a time; a request that fails
 gets an error reply and the endpoint keeps serving.
+
+Why one module of this size: the socket's lifecycle, its two loops (busy-polling single session,
+workers for many) and the request handling share one socket that only the loop thread may use;
+keys and session bookkeeping are modules of their own.
 """
 
 from __future__ import annotations

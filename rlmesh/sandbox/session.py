@@ -6,6 +6,10 @@ interface (:mod:`rlmesh.runtime`), never on a concrete engine. The container is 
 error during startup. If the host process is killed outright, a watcher process started with
 the first container (:mod:`rlmesh.runtime.watcher`) removes it within a second; should that
 fail too, the server inside stops itself when heartbeats stop and a later reap removes it.
+
+Why one module of this size: the session's steps (settings, image, start, connect, close) share
+its state and its cleanup guarantees; options and config live here because they are its
+keyword arguments. Sources, the rlmesh package and the entry are modules of their own.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ ever produce these plain types, so a peer cannot make us execute anything.
 
 Arrays of at least :data:`INLINE_LIMIT` bytes travel as separate zero-copy frames; smaller ones
 are inlined in the header, where one small copy is cheaper than another frame.
+
+Why one module of this size: encoder, decoder and their extension types are one wire format;
+keeping them together keeps every extension code next to both of its halves.
 """
 
 from __future__ import annotations

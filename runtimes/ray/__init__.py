@@ -25,6 +25,9 @@ Ray runs no container images, so the image-centric interface maps onto it like t
 
 The cluster is ``address=`` (``"HEAD_IP:6379"`` or ``"ray://HEAD_IP:10001"``), else
 ``$RLMESH_RAY_ADDRESS``, else a Ray connection this process made already (``ray.init``).
+
+Why one module of this size: a plugin driver ships as one package, and its actor class must be
+importable by Ray workers from the same module.
 """
 
 from __future__ import annotations
