@@ -10,7 +10,7 @@ from rlmesh.wire import codec
 from rlmesh.wire.spaces import SpaceSpec, space_from_spec
 from rlmesh.wire.tensor import Tensor
 
-__all__ = ["Backend", "PLAIN", "leaf_kind"]
+__all__ = ["Backend", "PLAIN", "leaf_kind", "wire_values"]
 
 
 def _identity_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
@@ -56,6 +56,19 @@ class Backend:
         if isinstance(value, list):
             return [self.convert(v) for v in value]
         return self.to_leaf(value)
+
+
+def wire_values(value: Any) -> Any:
+    """``value`` with NumPy and Torch leaves as wire values (Tensors, primitives).
+
+    What a flavoured rlmesh space hands its spec for ``contains()``: lists become tuples, as
+    space specs hold them.
+    """
+    if isinstance(value, dict):
+        return {k: wire_values(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return tuple(wire_values(v) for v in value)
+    return codec.wire_leaf(value)
 
 
 def _object_array_items(array: codec.ObjectArray) -> list[Any]:

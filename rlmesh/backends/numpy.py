@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from rlmesh.backends.base import Backend, leaf_kind
-from rlmesh.wire.arrays import array_from_wire, asarray, from_array, numpy_dtype
+from rlmesh.backends.base import Backend, leaf_kind, wire_values
+from rlmesh.wire.arrays import array_from_wire, asarray, numpy_dtype
 from rlmesh.wire.codec import ObjectArray
 from rlmesh.wire.spaces import BoxSpec, DictSpec, Space, SpaceSpec, TupleSpec, ValueAdapter
 
@@ -30,10 +30,6 @@ def _numpy_leaf(value: Any) -> Any:
     return value
 
 
-def _wire_leaf(value: Any) -> Any:
-    return from_array(value) if isinstance(value, np.ndarray | np.generic) else value
-
-
 def space_from_spec(spec: SpaceSpec) -> Any:
     """The Gymnasium space a spec describes, or a NumPy-valued rlmesh :class:`~rlmesh.wire.spaces.Space`.
 
@@ -48,15 +44,7 @@ def space_from_spec(spec: SpaceSpec) -> Any:
             return gymnasium_from_spec(spec)
         except ImportError:
             pass
-    return Space(spec, ValueAdapter(BACKEND.convert, _to_wire))
-
-
-def _to_wire(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _to_wire(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return tuple(_to_wire(v) for v in value)
-    return _wire_leaf(value)
+    return Space(spec, ValueAdapter(BACKEND.convert, wire_values))
 
 
 def _gymnasium_holds(spec: SpaceSpec) -> bool:

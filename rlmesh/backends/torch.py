@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from rlmesh.backends.base import Backend, leaf_kind
+from rlmesh.backends.base import Backend, leaf_kind, wire_values
 from rlmesh.wire.codec import ObjectArray, wire_leaf
 from rlmesh.wire.spaces import Space, SpaceSpec, ValueAdapter
 from rlmesh.wire.tensor import Tensor
@@ -71,19 +71,9 @@ def _torch_leaf(value: Any) -> Any:
     return value
 
 
-def _from_torch(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return from_tensor(value)
-    if isinstance(value, dict):
-        return {k: _from_torch(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return tuple(_from_torch(v) for v in value)
-    return value
-
-
 def space_from_spec(spec: SpaceSpec) -> Space[Any]:
     """A space whose ``sample()`` returns Torch values and ``contains()`` accepts them."""
-    return Space(spec, ValueAdapter(BACKEND.convert, _from_torch))
+    return Space(spec, ValueAdapter(BACKEND.convert, wire_values))
 
 
 BACKEND = Backend("torch", _tensor_from_wire, _object_array, space_from_spec, _torch_leaf)

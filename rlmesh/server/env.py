@@ -234,13 +234,14 @@ class EnvServer(Endpoint):
     def _make_contract(self) -> EnvContract:
         env, vector = self.env, self._vector
         spec = getattr(env, "spec", None)
+        observation, action = _space_spec(self._observation_space), _space_spec(self._action_space)
         return EnvContract(
             vector=vector,
             num_envs=int(env.num_envs) if vector else 1,
-            observation_space=_space_spec(self._observation_space),
-            action_space=_space_spec(self._action_space),
-            single_observation_space=_space_spec(env.single_observation_space if vector else env.observation_space),
-            single_action_space=_space_spec(env.single_action_space if vector else env.action_space),
+            observation_space=observation,
+            action_space=action,
+            single_observation_space=_space_spec(env.single_observation_space) if vector else observation,
+            single_action_space=_space_spec(env.single_action_space) if vector else action,
             metadata=codec.decode(codec.encode(dict(getattr(env, "metadata", {}) or {}), lenient=True)),
             render_mode=getattr(env, "render_mode", None),
             env_id=getattr(spec, "id", None),
