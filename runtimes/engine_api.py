@@ -14,11 +14,17 @@ import contextlib
 import io
 import tarfile
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import PurePosixPath
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import requests.exceptions
 
-from rlmesh.errors import ContainerError, ImageBuildError, RuntimeDriverError, RuntimeUnavailableError
+from rlmesh.errors import (
+    ContainerError,
+    ImageBuildError,
+    RuntimeDriverError,
+    RuntimeUnavailableError,
+)
 from rlmesh.runtime.addresses import container_addresses
 from rlmesh.runtime.driver import (
     Availability,
@@ -31,6 +37,7 @@ from rlmesh.runtime.driver import (
     RuntimeDriver,
 )
 from rlmesh.runtime.labels import with_owner_labels
+from rlmesh.runtime.secrets import SECRETS_DIR, secrets_archive
 
 __all__ = ["BuildOutput", "EngineApiDriver", "EngineClient", "build_context"]
 
@@ -237,6 +244,10 @@ class EngineApiDriver(RuntimeDriver, Generic[ClientT]):
         """Create options for ``spec.memory`` and ``spec.cpus`` (at least one is set)."""
 
     @abc.abstractmethod
+    def _hardening_options(self, spec: RunSpec) -> dict[str, Any]:
+        """Create options that drop all capabilities, forbid new privileges and cap the pids."""
+
+    @abc.abstractmethod
     def _gpu_options(self) -> dict[str, Any]:
         """Create options that request all GPUs."""
 
@@ -252,6 +263,7 @@ class EngineApiDriver(RuntimeDriver, Generic[ClientT]):
             "ports": {f"{port}/tcp": self._port_binding() for port in spec.ports},
             "init": True,
             "name": spec.name,
+            **self._hardening_options(spec),
         }
         if spec.memory is not None or spec.cpus is not None:
             if not self.supports_limits:
@@ -271,6 +283,10 @@ class EngineApiDriver(RuntimeDriver, Generic[ClientT]):
         with self._errors(f"creating a container from {spec.image}"), at_create:
             container = self.client.containers.create(spec.image, **options)
         try:
+            if spec.secret_files:
+                with self._errors(f"copying secret files into container {container.short_id}"):
+                    container.put_archive(str(PurePosixPath(SECRETS_DIR).parent),
+                                          secrets_archive(spec.secret_files, spec.secret_owner))
             with self._errors(f"starting container {container.short_id} from {spec.image}"):
                 with self._gpu_refusal(spec):
                     container.start()

@@ -26,7 +26,8 @@ from rlmesh.errors import AuthenticationError
 
 __all__ = [
     "SERVER_KEY_VARIABLE", "CLIENT_KEY_VARIABLE", "AUTHORIZED_KEYS_VARIABLE",
-    "ClientKeys", "ServerKeys", "new_keypair", "is_private_endpoint", "handshake_error",
+    "SERVER_SECRET_FILE", "AUTHORIZED_FOLDER",
+    "ClientKeys", "ServerKeys", "SessionKeys", "new_keypair", "is_private_endpoint", "handshake_error",
 ]
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,11 @@ log = logging.getLogger(__name__)
 SERVER_KEY_VARIABLE = "RLMESH_SERVER_KEY"
 CLIENT_KEY_VARIABLE = "RLMESH_CLIENT_KEY"
 AUTHORIZED_KEYS_VARIABLE = "RLMESH_AUTHORIZED_KEYS"
+
+#: A server's keys folder (see :meth:`ServerKeys.from_folder`): its secret certificate...
+SERVER_SECRET_FILE = "server.key_secret"
+#: ...and the folder of the clients it lets in.
+AUTHORIZED_FOLDER = "authorized"
 
 
 def new_keypair(name: str, directory: str | os.PathLike[str] = ".") -> tuple[Path, Path]:
@@ -137,6 +143,11 @@ class ServerKeys:
         self._authenticator: ThreadAuthenticator | None = None
 
     @classmethod
+    def from_folder(cls, folder: str | os.PathLike[str]) -> ServerKeys:
+        """The keys in ``folder``: ``server.key_secret`` and the ``authorized`` clients."""
+        return cls(Path(folder, SERVER_SECRET_FILE), Path(folder, AUTHORIZED_FOLDER))
+
+    @classmethod
     def resolve(cls, server_key: str | os.PathLike[str] | None,
                 authorized_keys: str | os.PathLike[str] | None) -> ServerKeys | None:
         """Keys from the arguments or ``$RLMESH_SERVER_KEY`` / ``$RLMESH_AUTHORIZED_KEYS``."""
@@ -164,6 +175,43 @@ class ServerKeys:
         if self._authenticator is not None:
             self._authenticator.stop()
             self._authenticator = None
+
+
+@dataclass(frozen=True)
+class SessionKeys:
+    """Fresh keys for one server and the one client that owns it, as a sandbox and its host use.
+
+    The server's side is file contents to hand to the server (a keys folder, see
+    :meth:`ServerKeys.from_folder`); its secret is never written on the client's host. The
+    client's side is two certificate files in the folder given to :meth:`new`.
+    """
+
+    server_files: dict[str, bytes]
+    server_key: Path
+    client_key: Path
+
+    @classmethod
+    def new(cls, directory: str | os.PathLike[str]) -> SessionKeys:
+        """Make both pairs; ``directory`` (private to this user) receives the client's files."""
+        folder = Path(directory)
+        server_public, server_secret = zmq.curve_keypair()
+        client_public_file, client_secret_file = new_keypair("client", folder)
+        server_files = {
+            SERVER_SECRET_FILE: _certificate(server_public, server_secret),
+            f"{AUTHORIZED_FOLDER}/client.key": client_public_file.read_bytes(),
+        }
+        server_key = folder / "server.key"
+        server_key.write_bytes(_certificate(server_public))
+        return cls(server_files, server_key, client_secret_file)
+
+
+def _certificate(public: bytes, secret: bytes | None = None) -> bytes:
+    """A certificate file's contents in pyzmq's format (what ``zmq.auth.load_certificate`` reads)."""
+    lines = ["#   ZeroMQ CURVE certificate of one rlmesh session", "metadata", "curve",
+             f'    public-key = "{public.decode()}"']
+    if secret is not None:
+        lines.append(f'    secret-key = "{secret.decode()}"')
+    return ("\n".join(lines) + "\n").encode()
 
 
 def is_private_endpoint(endpoint: str) -> bool:

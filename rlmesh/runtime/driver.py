@@ -17,6 +17,7 @@ from typing import Any, ClassVar, TypeVar
 from rlmesh.errors import RuntimeDriverError
 
 __all__ = [
+    "DEFAULT_PIDS_LIMIT",
     "Availability",
     "ContainerHandle",
     "ContainerInfo",
@@ -31,6 +32,9 @@ __all__ = [
 ProgressCallback = Callable[[str], None]
 
 _DriverT = TypeVar("_DriverT", bound="RuntimeDriver")
+
+#: Default :attr:`RunSpec.pids_limit`: far above what an env with worker processes uses.
+DEFAULT_PIDS_LIMIT = 4096
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,11 @@ class ImageRecipe:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What to run: image, command, environment, labels, published ports and limits."""
+    """What to run: image, command, environment, labels, published ports, limits and secrets.
+
+    Every driver runs containers hardened, whatever the spec: all capabilities dropped,
+    ``no-new-privileges``, the ``pids_limit``, ports published on loopback only.
+    """
 
     image: str
     command: Sequence[str] = ()
@@ -97,6 +105,14 @@ class RunSpec:
     #: Give the container outbound network access (published ports work either way).
     network: bool = True
     name: str | None = None
+    #: Most processes (and threads) the container may run: a fork bomb stops there.
+    pids_limit: int | None = DEFAULT_PIDS_LIMIT
+    #: Files (relative name -> contents) placed under :data:`rlmesh.runtime.secrets.SECRETS_DIR`
+    #: before the container starts, readable only by ``secret_owner``; never in the image,
+    #: the environment, the command line or ``inspect`` output.
+    secret_files: Mapping[str, bytes] = field(default_factory=dict)
+    #: The uid that owns the secret files: the user the image runs as.
+    secret_owner: int = 0
 
 
 @dataclass(frozen=True)

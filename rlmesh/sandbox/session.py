@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -33,6 +34,7 @@ import tomllib
 from rlmesh._version import __version__
 from rlmesh.client.surface import EnvSurface, Surface, VectorEnvSurface
 from rlmesh.errors import ContainerError, SandboxError, VersionMismatchError
+from rlmesh.protocol.keys import SessionKeys
 from rlmesh.protocol.messages import EnvContract
 from rlmesh.runtime.driver import ImageRecipe
 from rlmesh.sandbox.entry import COMMAND, CONFIG_VARIABLE
@@ -327,7 +329,11 @@ class SandboxSessionBase(Generic[RemoteT]):
         return {}
 
     def _recipe(self, base_dir: Path) -> ImageRecipe:
-        from rlmesh_images.recipe import sandbox_recipe, validate_import_name, validate_package_spec
+        from rlmesh_images.recipe import (
+            sandbox_recipe,
+            validate_import_name,
+            validate_package_spec,
+        )
 
         settings = self.settings
         packages = _default_packages([validate_package_spec(p) for p in settings.get("packages") or ()])
@@ -390,31 +396,39 @@ class SandboxSessionBase(Generic[RemoteT]):
         }
 
     def _start(self) -> None:
+        from rlmesh_images.recipe import SANDBOX_UID
+
         from rlmesh.runtime import RunSpec, owner_labels
         from rlmesh.runtime.cleanup import own_container, watch
 
-        spec = RunSpec(
-            image=self.image,
-            command=list(COMMAND),
-            env={CONFIG_VARIABLE: json.dumps(self._server_config())},
-            labels=owner_labels(self.session_id),
-            ports=[_CONTAINER_PORT],
-            gpus="gpu" in self.capabilities,
-            network="network" in self.capabilities,
-        )
-        watch(self.driver)  # before run(): a kill during the start leaves no container either
-        handle = self.driver.run(spec)
-        self.container_id = handle.id
-        self._finalizer = own_container(self, self.driver, handle.id)
-        self.address = handle.addresses[_CONTAINER_PORT]
-        try:
-            self._client = self._connect(float(self.settings["startup_timeout"]))
-        except BaseException:
-            self._finalizer()
-            raise
+        # Fresh keys per container: the server's secret goes in as a secret file, the host keeps
+        # the client's pair only until the client has read it.
+        with tempfile.TemporaryDirectory(prefix="rlmesh-keys-") as scratch:
+            keys = SessionKeys.new(scratch)
+            spec = RunSpec(
+                image=self.image,
+                command=list(COMMAND),
+                env={CONFIG_VARIABLE: json.dumps(self._server_config())},
+                labels=owner_labels(self.session_id),
+                ports=[_CONTAINER_PORT],
+                gpus="gpu" in self.capabilities,
+                network="network" in self.capabilities,
+                secret_files=keys.server_files,
+                secret_owner=SANDBOX_UID,
+            )
+            watch(self.driver)  # before run(): a kill during the start leaves no container either
+            handle = self.driver.run(spec)
+            self.container_id = handle.id
+            self._finalizer = own_container(self, self.driver, handle.id)
+            self.address = handle.addresses[_CONTAINER_PORT]
+            try:
+                self._client = self._connect(float(self.settings["startup_timeout"]), keys)
+            except BaseException:
+                self._finalizer()
+                raise
         log.info("sandbox %s ready at %s (container %s)", self.source.text, self.address, handle.id[:12])
 
-    def _connect(self, timeout: float) -> Any:
+    def _connect(self, timeout: float, keys: SessionKeys) -> Any:
         deadline = time.monotonic() + timeout
         assert self.container_id is not None
         while True:
@@ -425,7 +439,8 @@ class SandboxSessionBase(Generic[RemoteT]):
                     f"{health.exit_code} during startup; last log lines:\n{health.logs_tail}",
                     exit_code=health.exit_code, logs=health.logs_tail)
             try:
-                return self._client_class(self.address, connect_timeout=0.5)
+                return self._client_class(self.address, connect_timeout=0.5,
+                                          server_key=keys.server_key, client_key=keys.client_key)
             except VersionMismatchError as exc:
                 raise SandboxError(
                     f"{exc}\nThe sandbox installed a different rlmesh than this host runs; pass "

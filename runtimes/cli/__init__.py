@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal, cast
 
 import python_on_whales
@@ -45,6 +45,7 @@ from rlmesh.runtime.driver import (
     RuntimeDriver,
 )
 from rlmesh.runtime.labels import MANAGED, with_owner_labels
+from rlmesh.runtime.secrets import SECRETS_DIR, secrets_archive
 
 __all__ = ["CliDriver", "ENGINE_ENV"]
 
@@ -244,9 +245,11 @@ class CliDriver(RuntimeDriver):
             # "127.0.0.1::PORT": loopback, host port chosen by the engine.
             "publish": [("127.0.0.1:", port) for port in spec.ports],
             "init": True,
-            "detach": True,
             "pull": "never",
             "name": spec.name,
+            "cap_drop": ["ALL"],
+            "security_options": ["no-new-privileges"],
+            "pids_limit": spec.pids_limit,
         }
         if spec.memory is not None or spec.cpus is not None:
             if not self.supports_limits:
@@ -274,13 +277,11 @@ class CliDriver(RuntimeDriver):
             try:
                 with self._errors(f"running {spec.image}"):
                     try:
-                        # detach=True: run() returns the Container.
-                        container = cast(
-                            python_on_whales.Container,
-                            self._whales.container.run(
-                                spec.image, list(spec.command), cidfile=cidfile, **options
-                            ),
-                        )
+                        container = self._whales.container.create(
+                            spec.image, list(spec.command), cidfile=cidfile, **options)
+                        if spec.secret_files:
+                            self._copy_secrets(container.id, spec)
+                        container.start()
                     except whales_errors.DockerException as exc:
                         if spec.gpus and ("gpu" in _stderr(exc).lower()):
                             raise RuntimeDriverError(
@@ -295,6 +296,13 @@ class CliDriver(RuntimeDriver):
                     self.stop(cidfile.read_text().strip(), timeout=0)
                 raise
         return ContainerHandle(id=container.id, addresses=addresses, driver=self.name)
+
+    def _copy_secrets(self, container_id: str, spec: RunSpec) -> None:
+        # A tar on stdin keeps its owners (docker) or gets the container's user (podman). Not
+        # --archive: docker then looks the image's user name up in the *host's* passwd.
+        archive = secrets_archive(spec.secret_files, spec.secret_owner)
+        target = f"{container_id}:{PurePosixPath(SECRETS_DIR).parent}"
+        whales_utils.run(self._command("cp", "-", target), input=archive)
 
     def _addresses(self, container: python_on_whales.Container, ports: Sequence[int]) -> dict[int, str]:
         with self._errors(f"inspecting container {container.id[:12]}"):

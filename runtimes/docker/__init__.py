@@ -184,6 +184,9 @@ class DockerDriver(EngineApiDriver[docker.DockerClient]):
             options["nano_cpus"] = int(spec.cpus * 1e9)
         return options
 
+    def _hardening_options(self, spec: RunSpec) -> dict[str, Any]:
+        return {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges"], "pids_limit": spec.pids_limit}
+
     def _gpu_options(self) -> dict[str, Any]:
         return {"device_requests": [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]}
 

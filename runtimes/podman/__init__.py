@@ -77,6 +77,7 @@ class PodmanDriver(EngineApiDriver[podman.PodmanClient]):
 
     def __init__(self, host: str | None = None, *, timeout: float = 120.0) -> None:
         self._url = _as_url(host or default_socket())
+        self._warned_pids = False
         super().__init__(timeout=timeout)
 
     # -- connection -------------------------------------------------------------------------
@@ -119,8 +120,11 @@ class PodmanDriver(EngineApiDriver[podman.PodmanClient]):
     @property
     def supports_limits(self) -> bool:
         # Rootless podman on cgroup v1 has no delegated controllers and silently drops limits.
-        controllers = (self._engine_info().get("host") or {}).get("cgroupControllers") or []
-        return "memory" in controllers and "cpu" in controllers
+        return "memory" in self._cgroup_controllers and "cpu" in self._cgroup_controllers
+
+    @property
+    def _cgroup_controllers(self) -> list[str]:
+        return list((self._engine_info().get("host") or {}).get("cgroupControllers") or [])
 
     # -- images -----------------------------------------------------------------------------
 
@@ -203,6 +207,18 @@ class PodmanDriver(EngineApiDriver[podman.PodmanClient]):
             # podman-py drops nano_cpus; a CFS quota is the same limit.
             options["cpu_period"] = _CPU_PERIOD
             options["cpu_quota"] = math.ceil(spec.cpus * _CPU_PERIOD)
+        return options
+
+    def _hardening_options(self, spec: RunSpec) -> dict[str, Any]:
+        # podman-py passes security_opt on as SELinux options: no-new-privileges is its own flag.
+        options: dict[str, Any] = {"cap_drop": ["ALL"], "no_new_privileges": True}
+        if spec.pids_limit is not None:
+            if "pids" in self._cgroup_controllers:
+                options["pids_limit"] = spec.pids_limit
+            elif not self._warned_pids:
+                self._warned_pids = True
+                log.warning("podman: no pids cgroup controller here (rootless on cgroup v1), so "
+                            "containers run without a pids limit")
         return options
 
     def _gpu_options(self) -> dict[str, Any]:

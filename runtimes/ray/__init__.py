@@ -38,6 +38,7 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -65,6 +66,7 @@ from rlmesh.runtime.driver import (
     RuntimeDriver,
 )
 from rlmesh.runtime.labels import with_owner_labels
+from rlmesh.runtime.secrets import write_secrets
 from rlmesh.sandbox.entry import COMMAND, CONFIG_VARIABLE, build_server
 
 __all__ = ["RayDriver", "ADDRESS_VARIABLE", "NAMESPACE", "SERVER_COMMAND"]
@@ -124,15 +126,20 @@ class ServerActor:
     def __init__(self, labels: Mapping[str, str]) -> None:
         self._labels = dict(labels)
         self._server: Any = None
+        self._secrets: Path | None = None
         self._stopping = False
         self._buffer = _LogBuffer()
         root = logging.getLogger()
         root.addHandler(self._buffer)
         root.setLevel(min(root.level or logging.INFO, logging.INFO))
 
-    def start(self, imports: Sequence[str], app_files: Mapping[str, bytes]) -> str:
+    def start(self, imports: Sequence[str], app_files: Mapping[str, bytes],
+              secret_files: Mapping[str, bytes]) -> str:
         """Build the server ``$RLMESH_SANDBOX`` describes, serve it, return its address."""
         config: dict[str, Any] = json.loads(os.environ[CONFIG_VARIABLE])
+        # The keys travel as a task argument (Ray's own channel), land in a private folder of
+        # the worker and leave with the actor.
+        self._secrets = write_secrets(secret_files)
         app_dir = Path(tempfile.mkdtemp(prefix="rlmesh-app-"))
         for name, data in app_files.items():
             target = app_dir / name
@@ -142,7 +149,7 @@ class ServerActor:
         for module in imports:
             importlib.import_module(module)
         host = str(_ray.util.get_node_ip_address())
-        self._server = build_server(config, f"tcp://{host}:0", app_dir)
+        self._server = build_server(config, f"tcp://{host}:0", app_dir, self._secrets)
         # start() (not serve() in a thread of ours) so that shutdown() can wake and join the loop.
         self._server.start()
         threading.Thread(target=self._exit_when_stopped, name="rlmesh-ray-watch", daemon=True).start()
@@ -155,6 +162,8 @@ class ServerActor:
         # The owner went away (no heartbeats): the actor has nothing left to do, and a
         # lingering worker process would be a leak.
         logging.getLogger(__name__).info("server stopped: no client; ending the actor")
+        if self._secrets is not None:
+            shutil.rmtree(self._secrets, ignore_errors=True)
         os._exit(0)
 
     def labels(self) -> dict[str, str]:
@@ -172,6 +181,8 @@ class ServerActor:
         self._stopping = True
         if self._server is not None:
             self._server.shutdown(timeout=2.0)
+        if self._secrets is not None:
+            shutil.rmtree(self._secrets, ignore_errors=True)
 
 
 # Threaded, so health and log calls are answered while start() builds the env.
@@ -344,7 +355,8 @@ class RayDriver(RuntimeDriver):
             ).remote(with_owner_labels(spec.labels))
         self._handles[name] = actor
         try:
-            address = ray.get(actor.start.remote(list(recipe.imports), dict(recipe.app_files)),
+            address = ray.get(actor.start.remote(list(recipe.imports), dict(recipe.app_files),
+                                                 dict(spec.secret_files)),
                               timeout=self._start_timeout)
         except BaseException as exc:
             logs = self._tail(actor)

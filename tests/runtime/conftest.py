@@ -9,7 +9,10 @@ fails: CI must run the engine tests.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,7 +22,13 @@ from typing import Any
 import pytest
 
 from rlmesh.errors import RuntimeDriverError
-from rlmesh.runtime import ContainerHandle, ImageRecipe, RunSpec, RuntimeDriver, get_driver
+from rlmesh.runtime import (
+    ContainerHandle,
+    ImageRecipe,
+    RunSpec,
+    RuntimeDriver,
+    get_driver,
+)
 from rlmesh.runtime.discovery import installed_drivers
 
 ENGINES_ENV = Path(os.environ.get("RLMESH_ENGINES_ENV", "/run/rlmesh/engines.env"))
@@ -203,18 +212,7 @@ class Containers:
         self.started: list[str] = []
 
     def run(self, spec: RunSpec) -> ContainerHandle:
-        labeled = RunSpec(
-            image=spec.image,
-            command=spec.command,
-            env=spec.env,
-            labels={**spec.labels, RUN_LABEL: RUN_ID},
-            ports=spec.ports,
-            memory=spec.memory,
-            cpus=spec.cpus,
-            gpus=spec.gpus,
-            network=spec.network,
-            name=spec.name,
-        )
+        labeled = dataclasses.replace(spec, labels={**spec.labels, RUN_LABEL: RUN_ID})
         handle = self.driver.run(labeled)
         self.started.append(handle.id)
         return handle
@@ -222,6 +220,15 @@ class Containers:
     def cleanup(self) -> None:
         for container_id in self.started:
             self.driver.stop(container_id, timeout=0)
+
+
+def engine_inspect(driver: RuntimeDriver, container_id: str) -> dict[str, Any]:
+    """The engine's own ``inspect`` of a container: its API's answer, or its CLI's JSON."""
+    if driver.name == "cli":
+        command = driver._command("inspect", container_id)  # type: ignore[attr-defined]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        return json.loads(output)[0]  # type: ignore[no-any-return]
+    return dict(driver.client.containers.get(container_id).attrs)  # type: ignore[attr-defined]
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import json
 import os
 import socket
 import subprocess
@@ -17,9 +18,11 @@ import pytest
 
 from rlmesh.errors import ContainerError, ImageBuildError, RuntimeDriverError
 from rlmesh.runtime import Health, RunSpec, RuntimeDriver, reap_orphans
+from rlmesh.runtime.driver import DEFAULT_PIDS_LIMIT
 from rlmesh.runtime.labels import OWNER_PID, OWNER_START, process_start_time
+from rlmesh.runtime.secrets import SECRETS_DIR
 
-from .conftest import RUN_ID, Containers, EngineConfig, Recipes
+from .conftest import RUN_ID, Containers, EngineConfig, Recipes, engine_inspect
 
 pytestmark = pytest.mark.engine
 
@@ -312,3 +315,76 @@ def test_run_missing_image_is_a_clear_error(driver: RuntimeDriver, containers: C
     with pytest.raises(RuntimeDriverError) as failure:
         containers.run(RunSpec("rlmesh-test-no-such-image:nope"))
     assert "rlmesh-test-no-such-image" in str(failure.value)
+
+
+#: What podman grants by default: its inspect lists exactly these as dropped for ``cap_drop=ALL``.
+PODMAN_DEFAULT_CAPABILITIES = {
+    "CAP_AUDIT_WRITE", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+    "CAP_MKNOD", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW", "CAP_SETFCAP", "CAP_SETGID", "CAP_SETPCAP",
+    "CAP_SETUID", "CAP_SYS_CHROOT",
+}
+
+
+def _pids_controller_missing(driver: RuntimeDriver) -> bool:
+    """Rootless podman on cgroup v1 gets no delegated pids controller: no engine can limit there."""
+    return driver.name == "podman" and "pids" not in driver._cgroup_controllers  # type: ignore[attr-defined]
+
+
+def test_containers_run_hardened(
+    driver: RuntimeDriver, echo_image: str, containers: Containers,
+    record_property: Callable[[str, object], None],
+) -> None:
+    # The engine's inspect says what it applied; the container's own view proves it took effect.
+    probe = ("grep -E '^(CapEff|CapBnd|NoNewPrivs):' /proc/self/status; "
+             "echo pids.max=$(cat /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/pids.max 2>/dev/null); "
+             "sleep 2")  # alive while the driver reads the published port
+    handle = containers.run(RunSpec(echo_image, command=["sh", "-c", probe], ports=[ECHO_PORT]))
+    assert exited(driver, handle.id).exit_code == 0
+    seen = dict(line.split(":", 1) if ":" in line else line.split("=", 1)
+                for line in driver.logs(handle.id).split("\n") if line.strip())
+    host = engine_inspect(driver, handle.id)["HostConfig"]
+
+    assert not host.get("Privileged") and not host.get("CapAdd"), host
+    dropped = set(host.get("CapDrop") or ())
+    assert dropped == {"ALL"} or dropped >= PODMAN_DEFAULT_CAPABILITIES, dropped
+    assert seen["CapEff"].strip() == seen["CapBnd"].strip() == "0" * 16, seen
+
+    assert "no-new-privileges" in (host.get("SecurityOpt") or []), host.get("SecurityOpt")
+    assert seen["NoNewPrivs"].strip() == "1", seen
+
+    bindings = [binding for port in (host.get("PortBindings") or {}).values() for binding in port]
+    assert bindings and all(binding["HostIp"] == "127.0.0.1" for binding in bindings), bindings
+
+    if _pids_controller_missing(driver):
+        # Said, not hidden: the driver logs it at the first run, and the report carries it.
+        record_property("pids_limit", "not applied: rootless podman on cgroup v1 has no pids controller")
+        assert not host.get("PidsLimit"), host.get("PidsLimit")
+    else:
+        assert host.get("PidsLimit") == DEFAULT_PIDS_LIMIT, host.get("PidsLimit")
+        assert seen["pids.max"].strip() == str(DEFAULT_PIDS_LIMIT), seen
+
+
+def test_secret_files_reach_the_container_only(
+    driver: RuntimeDriver, echo_image: str, containers: Containers
+) -> None:
+    secret = os.urandom(16).hex()
+    token = f"{SECRETS_DIR}/nested/token"
+    probe = f"stat -c '%a %u %n' {SECRETS_DIR} {SECRETS_DIR}/nested {token}; cat {token}; echo"
+    # The echo image runs as root, which (every capability dropped) reads only what it owns.
+    spec = RunSpec(echo_image, command=["sh", "-c", probe], secret_files={"nested/token": secret.encode()},
+                   secret_owner=0, env={"VISIBLE": "yes"})
+    handle = containers.run(spec)
+    assert exited(driver, handle.id).exit_code == 0, driver.logs(handle.id)
+    lines = driver.logs(handle.id).split("\n")
+    assert lines[:4] == [f"700 0 {SECRETS_DIR}", f"700 0 {SECRETS_DIR}/nested", f"400 0 {token}", secret], lines
+    inspected = json.dumps(engine_inspect(driver, handle.id))
+    assert "VISIBLE" in inspected  # the inspect output is the real one...
+    assert secret not in inspected  # ...and the secret is not in it
+
+
+def test_secret_file_names_are_checked(driver: RuntimeDriver, echo_image: str, containers: Containers) -> None:
+    for name in ("../escape", "/etc/passwd", ""):
+        with pytest.raises(RuntimeDriverError, match="secret file name"):
+            containers.run(RunSpec(echo_image, secret_files={name: b"x"}))
+    leftovers = [c for c in driver.list(containers.labels) if c.id not in containers.started]
+    assert leftovers == []

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import gc
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -16,17 +18,20 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from runtime.conftest import engine_inspect
 
 import rlmesh
 import rlmesh.numpy as rnp
 import rlmesh.torch as rtorch
 from rlmesh.errors import (
+    AuthenticationError,
     ContainerError,
     ImageBuildError,
     RuntimeDriverError,
     SandboxError,
     SourceError,
 )
+from rlmesh.protocol.keys import new_keypair
 from rlmesh.runtime import RuntimeDriver, reap_orphans
 from rlmesh.runtime.labels import OWNER_PID
 
@@ -301,3 +306,27 @@ def test_local_rlmesh_package_from_repo_root(sandbox_driver: RuntimeDriver) -> N
                         repo_root=repo, runtime=sandbox_driver) as env:
         assert env.env_contract.server_version == rlmesh.__version__
         env.reset(seed=0)
+
+
+def test_sandbox_is_keyed_and_runs_hardened(sandbox_driver: RuntimeDriver, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the host's session keys go
+    with rnp.SandboxEnv("CartPole-v1", packages=PACKAGES, imports=IMPORTS, runtime=sandbox_driver) as env:
+        assert not list(tmp_path.glob("rlmesh-keys-*")), "the host kept the session's key files"
+        assert env.container_id is not None
+        attrs = engine_inspect(sandbox_driver, env.container_id)
+        assert attrs["Config"]["User"] not in ("", "0", "root"), attrs["Config"]["User"]
+        assert "secret-key" not in json.dumps(attrs), "a secret certificate shows in inspect"
+        # No outbound network unless asked for: the engine's offline network.
+        assert attrs["HostConfig"]["NetworkMode"] in ("rlmesh-offline", "slirp4netns"), attrs["HostConfig"]
+
+        # A stranger who reaches the port gets nowhere, keyless or with keys of its own...
+        with pytest.raises(AuthenticationError, match="requires keys"):
+            rnp.RemoteEnv(env.address, connect_timeout=5)
+        server_key, _ = new_keypair("guess", tmp_path / "stranger")
+        _, client_key = new_keypair("stranger", tmp_path / "stranger")
+        with pytest.raises(AuthenticationError, match="is not the key of the server"):
+            rnp.RemoteEnv(env.address, connect_timeout=5, server_key=server_key, client_key=client_key)
+        # ...while the owner steps on.
+        obs, _ = env.reset(seed=3)
+        assert env.step(0)[0].shape == obs.shape

@@ -22,7 +22,7 @@ import pytest
 from scale_compare import assert_equal
 
 import rlmesh
-from rlmesh.errors import ContainerError, RuntimeDriverError
+from rlmesh.errors import AuthenticationError, ContainerError, RuntimeDriverError
 from rlmesh.runtime import ImageRecipe, RunSpec, reap_orphans
 from rlmesh.runtime.labels import OWNER_PID, OWNER_START, SESSION
 from rlmesh.sandbox.entry import CONFIG_VARIABLE
@@ -36,7 +36,7 @@ except ImportError:
 
 from rlmesh_runtimes.ray import NAMESPACE, RayDriver  # noqa: E402
 
-from rlmesh.numpy import spread_vector_env  # noqa: E402
+from rlmesh.numpy import RemoteVectorEnv, spread_vector_env  # noqa: E402
 
 # The checkout's rlmesh runs on the cluster's nodes as is: naming its version skips the wheel
 # build a container sandbox of an unreleased checkout would need.
@@ -108,6 +108,9 @@ def test_lanes_on_both_nodes_equal_one_local_vector_env(driver: RayDriver) -> No
             assert_equal(got, want)
             endings += int((want[2] | want[3]).sum())
         assert endings >= 10  # the comparison went through autoresets on every node
+        # Each endpoint is keyed: a keyless peer on the cluster network gets no session.
+        with pytest.raises(AuthenticationError, match="requires keys"):
+            RemoteVectorEnv(env.endpoints[0], connect_timeout=5)
     finally:
         local.close()
         env.close()
