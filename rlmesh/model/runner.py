@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from rlmesh.backends import PLAIN, Backend
 from rlmesh.client.remote import (
     AttachedClient,
+    KeyPath,
     RemoteEnv,
     RemoteEnvBase,
     RemoteVectorEnv,
@@ -188,13 +189,16 @@ class _Env:
     owner: Any = None  # what close_env closes: a sandbox session, a client, or the env
 
 
-def _resolve(env: Any, clients: _Clients) -> tuple[_Env, bool]:
+def _resolve(env: Any, clients: _Clients, keys: dict[str, KeyPath | None]) -> tuple[_Env, bool]:
     """Wrap ``env``; the flag says whether we opened it (an address)."""
     opened = False
     owner = env
     if isinstance(env, str):
-        env = connect(env, clients=clients)
+        env = connect(env, clients=clients, **keys)
         owner, opened = env, True
+    elif any(key is not None for key in keys.values()):
+        raise ValueError("server_key/client_key apply when env is an address; a client or sandbox "
+                         f"passed in ({type(env).__name__}) is connected already, with its own keys")
     elif isinstance(getattr(env, "client", None), AttachedClient):  # a sandbox session
         env = env.client
         if not isinstance(env, _RemoteClient):
@@ -324,6 +328,8 @@ class ModelBase(Generic[ObsT, ActT]):
         max_steps: int | None = None,
         max_seconds: float | None = None,
         close_env: bool | None = None,
+        server_key: KeyPath | None = None,
+        client_key: KeyPath | None = None,
     ) -> RunResult:
         """Play episodes on ``env`` and report them.
 
@@ -338,11 +344,14 @@ class ModelBase(Generic[ObsT, ActT]):
             max_seconds: Stop the run after this much wall time; running episodes end
                 truncated, episodes not started yet are skipped.
             close_env: Close the env afterwards. Default: only if ``env`` was an address.
+            server_key, client_key: For an address of a keyed server: its public certificate
+                and this client's secret one (default ``$RLMESH_SERVER_KEY`` /
+                ``$RLMESH_CLIENT_KEY``); see :doc:`/security`.
         """
         plan = _plan(seeds, episodes)
         if max_steps is not None and max_steps < 1:
             raise ValueError(f"max_steps must be at least 1, got {max_steps}")
-        handle, opened = _resolve(env, self._clients)
+        handle, opened = _resolve(env, self._clients, {"server_key": server_key, "client_key": client_key})
         try:
             self._check_spec(handle)
             start = time.perf_counter()
