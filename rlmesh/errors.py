@@ -13,6 +13,7 @@ __all__ = [
     "RuntimeUnavailableError",
     "ImageBuildError",
     "ContainerError",
+    "SandboxCrashed",
     "SandboxError",
     "SourceError",
     "PackageSpecError",
@@ -79,6 +80,20 @@ class ContainerError(RuntimeDriverError):
         super().__init__(message)
         self.exit_code = exit_code
         self.logs = logs
+
+
+class SandboxCrashed(ContainerError, ConnectionError):
+    """A sandbox's container died while in use (a crash in native code, the OOM killer, an exit).
+
+    Raised by the call that was waiting on it; carries the exit code, whether the engine reports
+    an OOM kill (``oom_killed``) and the last lines of the container's log. The container has
+    been removed by then.
+    """
+
+    def __init__(self, message: str, *, exit_code: int | None = None, oom_killed: bool = False,
+                 logs: str = "") -> None:
+        super().__init__(message, exit_code=exit_code, logs=logs)
+        self.oom_killed = oom_killed
 
 
 class SandboxError(RLMeshError):

@@ -233,7 +233,7 @@ class EngineApiDriver(RuntimeDriver, Generic[ClientT]):
     @property
     @abc.abstractmethod
     def _limits_unsupported(self) -> str:
-        """Why :meth:`run` refuses memory/CPU limits when :attr:`supports_limits` is false."""
+        """Why memory/CPU limits cannot be enforced when :attr:`supports_limits` is false."""
 
     @abc.abstractmethod
     def _port_binding(self) -> Any:
@@ -248,14 +248,16 @@ class EngineApiDriver(RuntimeDriver, Generic[ClientT]):
         """Create options that drop all capabilities, forbid new privileges and cap the pids."""
 
     @abc.abstractmethod
-    def _gpu_options(self) -> dict[str, Any]:
-        """Create options that request all GPUs."""
+    def _gpu_options(self, device_ids: list[str] | None) -> dict[str, Any]:
+        """Create options that request the GPUs ``device_ids`` (``None``: all of them)."""
 
     @abc.abstractmethod
     def _offline_options(self) -> dict[str, Any]:
         """Create options for no outbound network that still let published ports through."""
 
     def _run_options(self, spec: RunSpec) -> dict[str, Any]:
+        if (spec.memory is not None or spec.cpus is not None) and not self.supports_limits:
+            spec = self.unenforced_limits(spec, self._limits_unsupported)
         options: dict[str, Any] = {
             "command": list(spec.command) or None,
             "environment": dict(spec.env),
@@ -266,11 +268,11 @@ class EngineApiDriver(RuntimeDriver, Generic[ClientT]):
             **self._hardening_options(spec),
         }
         if spec.memory is not None or spec.cpus is not None:
-            if not self.supports_limits:
-                raise RuntimeDriverError(self._limits_unsupported)
             options.update(self._limit_options(spec))
+        if spec.shm_size is not None:
+            options["shm_size"] = spec.shm_size
         if spec.gpus:
-            options.update(self._gpu_options())
+            options.update(self._gpu_options(None if spec.gpus is True else list(spec.gpus)))
         if not spec.network:
             options.update(self._offline_options())
         return options
@@ -335,6 +337,7 @@ class EngineApiDriver(RuntimeDriver, Generic[ClientT]):
                 running=False,
                 exit_code=int(state.get("ExitCode", -1)),
                 logs_tail=self.logs(container_id, tail=log_lines),
+                oom_killed=bool(state.get("OOMKilled")),
             )
 
     def logs(self, container_id: str, *, tail: int | None = None) -> str:

@@ -97,6 +97,9 @@ class Connection:
         self._pending_kind = ""
         self._closed = False
         self._broken: str | None = None
+        self._lost_error: Exception | None = None
+        #: Turns "lost the connection" into a truer error: a sandbox asks its engine what happened.
+        self.explain_loss: Callable[[str], Exception] | None = None
         self._context: zmq.Context[Any] = zmq.Context.instance()
         self._socket = self._socket_for(endpoint)
         self._monitor = self._socket.get_monitor_socket(_MONITORED)
@@ -168,7 +171,7 @@ class Connection:
         if self._closed:
             raise ConnectionError(f"the client for {self.address} is closed")
         if self._broken:
-            raise ConnectionError(self._broken)
+            raise self._lost_error or ConnectionError(self._broken)
         self._request_id += 1
         self._pending_kind = kind
         send_frames(self._socket, codec.encode([kind, self._request_id, self._session, payload]))
@@ -240,9 +243,21 @@ class Connection:
             if event == zmq.EVENT_CONNECTED:
                 self._connected = True
             elif event == zmq.EVENT_DISCONNECTED and self._connected and not connecting:
-                self._broken = (f"lost the connection to the server at {self.address} (it stopped "
-                                "or crashed); start it again and create a new client")
-                raise ConnectionError(self._broken)
+                raise self._lost(f"lost the connection to the server at {self.address} (it stopped "
+                                 "or crashed); start it again and create a new client")
+
+    def _lost(self, message: str) -> Exception:
+        """Mark the connection broken; the error says why, as well as :attr:`explain_loss` can."""
+        self._broken = message
+        error: Exception = ConnectionError(message)
+        if self.explain_loss is not None:
+            try:
+                error = self.explain_loss(message)
+            except Exception:  # the plain message is still true; never hide it behind a new failure
+                log.warning("could not find out why the connection to %s was lost", self.address,
+                            exc_info=True)
+        self._lost_error = error
+        return error
 
     def _error(self, payload: Any) -> Exception:
         if not isinstance(payload, dict):

@@ -8,7 +8,9 @@ a CLI shell-out, a Ray cluster, or a third-party plugin) implement it and regist
 from __future__ import annotations
 
 import abc
+import dataclasses
 import hashlib
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -32,6 +34,8 @@ __all__ = [
 ProgressCallback = Callable[[str], None]
 
 _DriverT = TypeVar("_DriverT", bound="RuntimeDriver")
+
+log = logging.getLogger(__name__)
 
 #: Default :attr:`RunSpec.pids_limit`: far above what an env with worker processes uses.
 DEFAULT_PIDS_LIMIT = 4096
@@ -100,8 +104,13 @@ class RunSpec:
     memory: str | None = None
     #: CPU limit in cores, e.g. ``1.5``; ``None`` for no limit.
     cpus: float | None = None
-    #: Request all GPUs; drivers that cannot provide them raise :class:`RuntimeDriverError`.
-    gpus: bool = False
+    #: GPUs: ``True`` for all, or device ids (``["0", "2"]``); drivers that cannot provide
+    #: them raise :class:`RuntimeDriverError`.
+    gpus: bool | Sequence[str] = False
+    #: Size of ``/dev/shm`` in engine syntax, e.g. ``"1g"``; ``None`` for the engine's default.
+    shm_size: str | None = None
+    #: A limit the engine cannot enforce raises (``True``), or is dropped with a warning.
+    strict_limits: bool = True
     #: Give the container outbound network access (published ports work either way).
     network: bool = True
     name: str | None = None
@@ -132,6 +141,8 @@ class Health:
     running: bool
     exit_code: int | None = None
     logs_tail: str = ""
+    #: The engine reports that the kernel's OOM killer ended the container.
+    oom_killed: bool = False
 
 
 @dataclass(frozen=True)
@@ -277,6 +288,20 @@ class RuntimeDriver(abc.ABC):
     @abc.abstractmethod
     def list(self, labels: Mapping[str, str]) -> list[ContainerInfo]:
         """Containers (running or not) carrying all of ``labels``."""
+
+    def unenforced_limits(self, spec: RunSpec, reason: str) -> RunSpec:
+        """``spec`` without memory/CPU limits this engine cannot enforce, or an error naming them.
+
+        Raises unless the caller opted out with ``strict_limits=False``; then logs a warning: a
+        limit is never dropped in silence.
+        """
+        asked = ", ".join(f"{name}={value!r}" for name, value in (("memory", spec.memory), ("cpus", spec.cpus))
+                          if value is not None)
+        if spec.strict_limits:
+            raise RuntimeDriverError(f"{self.name}: cannot enforce {asked}: {reason}. Run without them, "
+                                     "or pass strict_limits=False to run unlimited with a warning")
+        log.warning("%s: running without %s: %s (strict_limits=False)", self.name, asked, reason)
+        return dataclasses.replace(spec, memory=None, cpus=None)
 
     def remove(self, container_id: str) -> None:
         """Remove a container by id (stopping it first if needed)."""

@@ -29,6 +29,7 @@ DEFAULT_ENTRY = "policy.py:predict"
 _OPTIONS = frozenset({
     "base_image", "rlmesh_package", "packages", "imports", "build_memory", "config",
     "capabilities", "override", "cwd", "repo_root", "runtime", "startup_timeout", "owner_timeout",
+    "cpus", "memory", "gpus", "shm_size", "env", "system_packages", "strict_limits",
 })
 
 
@@ -55,8 +56,9 @@ class SandboxModelBase(SandboxSessionBase[Any], Generic[ObsT, ActT]):
         spec: What the model expects (:class:`~rlmesh.model.ModelSpec`), checked before a run.
         batched: The policy takes whole batches on vector envs (see ``ModelBase``).
         **options: Sandbox options: ``packages``, ``imports``, ``runtime``, ``base_image``,
-            ``rlmesh_package``, ``capabilities``, ``startup_timeout``, ``owner_timeout``, ...
-            (as for sandboxed environments).
+            ``rlmesh_package``, ``capabilities``, ``startup_timeout``, ``owner_timeout``,
+            ``cpus``, ``memory``, ``gpus``, ``shm_size``, ``env``, ``system_packages``, ... (as
+            for sandboxed environments).
     """
 
     _model_class: ClassVar[type[ModelBase[Any, Any]]]

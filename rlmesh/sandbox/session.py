@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import signal
 import tempfile
 import time
 import uuid
@@ -33,12 +34,13 @@ import tomllib
 
 from rlmesh._version import __version__
 from rlmesh.client.surface import EnvSurface, Surface, VectorEnvSurface
-from rlmesh.errors import ContainerError, SandboxError, VersionMismatchError
+from rlmesh.errors import ContainerError, SandboxCrashed, SandboxError, VersionMismatchError
 from rlmesh.protocol.keys import SessionKeys
 from rlmesh.protocol.messages import EnvContract
 from rlmesh.runtime.driver import ImageRecipe
 from rlmesh.sandbox.entry import COMMAND, CONFIG_VARIABLE
 from rlmesh.sandbox.package import resolve_rlmesh_package
+from rlmesh.sandbox.resources import Resources
 from rlmesh.sandbox.sources import Source, parse_source
 
 __all__ = ["SandboxSessionBase", "SandboxEnvBase", "SandboxVectorEnvBase", "CAPABILITIES"]
@@ -54,7 +56,19 @@ CAPABILITIES = frozenset({"gpu", "network"})
 _CONTAINER_PORT = 5555
 _VECTORIZATION_MODES = ("sync", "async")
 _MAX_APP_BYTES = 64 * 1024 * 1024
+#: Seconds to wait for the engine to report a container exited once its connection dropped.
+_EXIT_GRACE = 5.0
 _SKIPPED_DIRS = {".git", "__pycache__", ".venv", "node_modules", ".mypy_cache", ".pytest_cache"}
+
+
+def _signal_name(exit_code: int | None) -> str:
+    """``SIGSEGV`` for exit code 139: a process killed by a signal exits with 128 + its number."""
+    if exit_code is None or not 128 < exit_code < 128 + 65:
+        return ""
+    try:
+        return signal.Signals(exit_code - 128).name
+    except ValueError:
+        return ""
 
 
 def _keyword_names(function: Callable[..., object]) -> frozenset[str]:
@@ -211,6 +225,17 @@ class SandboxSessionBase(Generic[RemoteT]):
         repo_root: rlmesh checkout used for ``rlmesh_package="local"`` and unreleased hosts.
         runtime: Driver name (``"docker"``, ``"podman"``, ``"cli"``, a plugin) or instance;
             default ``$RLMESH_RUNTIME`` or the first available.
+        cpus: CPU limit in cores (``1.5``).
+        memory: Memory limit in engine syntax (``"2g"``); past it the kernel's OOM killer ends
+            the container and the pending call raises :class:`~rlmesh.errors.SandboxCrashed`.
+        gpus: ``"all"`` or a list of device ids/UUIDs; the host needs the NVIDIA toolkit
+            (docker) or CDI spec (podman).
+        shm_size: Size of the container's ``/dev/shm`` (``"1g"``), for envs that share memory
+            between worker processes.
+        env: Environment variables of the container (``{"MUJOCO_GL": "osmesa"}``).
+        system_packages: Debian packages installed into the image (``["libosmesa6"]``).
+        strict_limits: A limit the engine cannot enforce (rootless podman on cgroup v1, Ray)
+            raises; with ``False`` it is dropped with a warning instead.
         startup_timeout: Seconds allowed from container start to a ready server.
         owner_timeout: Seconds without heartbeats after which the server inside stops itself.
         **gym_make_kwargs: Passed to ``gymnasium.make`` / ``make_vec`` / ``make_env``. A keyword
@@ -243,6 +268,13 @@ class SandboxSessionBase(Generic[RemoteT]):
         runtime: Any = None,
         startup_timeout: float = 120.0,
         owner_timeout: float = 15.0,
+        cpus: float | None = None,
+        memory: str | None = None,
+        gpus: str | Sequence[str | int] | None = None,
+        shm_size: str | None = None,
+        env: Mapping[str, str] | None = None,
+        system_packages: Sequence[str] | None = None,
+        strict_limits: bool = True,
         **gym_make_kwargs: object,
     ) -> None:
         self._client: Any = None
@@ -254,7 +286,9 @@ class SandboxSessionBase(Generic[RemoteT]):
             "base_image": base_image, "rlmesh_package": rlmesh_package, "packages": packages,
             "imports": imports, "build_memory": build_memory, "task": task,
             "capabilities": capabilities, "override": override, "repo_root": repo_root,
-            "runtime": runtime, "vectorization_mode": vectorization_mode,
+            "runtime": runtime, "vectorization_mode": vectorization_mode, "cpus": cpus,
+            "memory": memory, "gpus": gpus, "shm_size": shm_size, "env": env,
+            "system_packages": system_packages,
         }
         settings = _load_config(config, base_dir)
         settings.update({k: v for k, v in given.items() if v is not None})
@@ -264,6 +298,8 @@ class SandboxSessionBase(Generic[RemoteT]):
             settings["trust_remote_code"] = True
         if allow_unpinned_hf:
             settings["allow_unpinned_hf"] = True
+        if strict_limits is not True:
+            settings["strict_limits"] = strict_limits
         if num_envs != 1 or "num_envs" not in settings:
             settings["num_envs"] = num_envs
         if startup_timeout != 120.0 or "startup_timeout" not in settings:
@@ -286,6 +322,13 @@ class SandboxSessionBase(Generic[RemoteT]):
         if unknown:
             raise SandboxError(f"unknown capabilities {sorted(unknown)}; supported: {sorted(CAPABILITIES)}")
         self.capabilities = frozenset(requested)
+        self.resources = Resources.from_settings(settings, self.capabilities)
+        from rlmesh_images.recipe import validate_system_package
+
+        system_packages = settings.get("system_packages") or ()
+        if isinstance(system_packages, str):
+            raise SandboxError(f"system_packages must be a list of names, e.g. [{system_packages!r}]")
+        self.system_packages = [validate_system_package(name) for name in system_packages]
         try:
             json.dumps(settings["make_kwargs"])
         except TypeError as exc:
@@ -349,6 +392,9 @@ class SandboxSessionBase(Generic[RemoteT]):
                 raise SandboxError(f"cannot read override {str(path)!r}: {exc}") from exc
             if any(line.strip().upper().startswith("FROM ") for line in text.splitlines()):
                 # A complete Dockerfile: the user owns the recipe; its directory is the context.
+                if settings.get("system_packages"):
+                    raise SandboxError(f"system_packages apply to the generated recipe, not to the full "
+                                       f"Dockerfile {str(path)!r}: install them there (apt-get install)")
                 context = {k: v for k, v in _app_files(path.parent).items() if k != path.name}
                 return ImageRecipe(dockerfile=text, context_files=context, labels=labels)
         package = resolve_rlmesh_package(settings.get("rlmesh_package"), repo_root=settings.get("repo_root"))
@@ -360,6 +406,7 @@ class SandboxSessionBase(Generic[RemoteT]):
             rlmesh_wheel=package.wheel,
             app_files=app_files,
             labels=labels,
+            system_packages=self.system_packages,
         )
         if override is not None:  # a fragment: runs as root after everything else is installed
             marker = "\nUSER "
@@ -408,11 +455,11 @@ class SandboxSessionBase(Generic[RemoteT]):
             spec = RunSpec(
                 image=self.image,
                 command=list(COMMAND),
-                env={CONFIG_VARIABLE: json.dumps(self._server_config())},
+                env={**self.resources.env, CONFIG_VARIABLE: json.dumps(self._server_config())},
                 labels=owner_labels(self.session_id),
                 ports=[_CONTAINER_PORT],
-                gpus="gpu" in self.capabilities,
                 network="network" in self.capabilities,
+                **self.resources.run_options(),
                 secret_files=keys.server_files,
                 secret_owner=SANDBOX_UID,
             )
@@ -426,6 +473,7 @@ class SandboxSessionBase(Generic[RemoteT]):
             except BaseException:
                 self._finalizer()
                 raise
+        self._client._connection.explain_loss = self._crashed
         log.info("sandbox %s ready at %s (container %s)", self.source.text, self.address, handle.id[:12])
 
     def _connect(self, timeout: float, keys: SessionKeys) -> Any:
@@ -452,6 +500,33 @@ class SandboxSessionBase(Generic[RemoteT]):
                     raise ContainerError(
                         f"the sandbox server for {self.source.text} did not become ready within "
                         f"{timeout:g} s; last log lines:\n{logs}", logs=logs) from None
+
+    def _crashed(self, message: str) -> Exception:
+        """Why the connection to the container was lost, asked of the engine; then remove it."""
+        assert self.container_id is not None
+        deadline = time.monotonic() + _EXIT_GRACE
+        health = self.driver.health(self.container_id, log_lines=40)
+        while health.running and time.monotonic() < deadline:  # the engine may not know yet
+            time.sleep(0.05)
+            health = self.driver.health(self.container_id, log_lines=40)
+        if health.running:
+            return ConnectionError(f"{message}; its container {self.container_id[:12]} still runs")
+        code, limit = health.exit_code, self.resources.memory
+        signal_name = _signal_name(code)
+        what = f"exited with code {code}" + (f" ({signal_name})" if signal_name else "")
+        if health.oom_killed:
+            what = "was killed by the kernel's OOM killer: out of memory" + (
+                f" under memory={limit!r}; raise memory=" if limit else "")
+        elif signal_name == "SIGKILL" and limit:
+            # Some engines (podman on cgroup v1) do not report OOM kills; say what is likely.
+            what += (f" under memory={limit!r}: most likely the kernel's OOM killer, though the engine "
+                     "did not report one; raise memory=")
+        error = SandboxCrashed(f"the sandbox container for {self.source.text} {what}; last log lines:\n"
+                               f"{health.logs_tail}", exit_code=code, oom_killed=health.oom_killed,
+                               logs=health.logs_tail)
+        if self._finalizer is not None:
+            self._finalizer()
+        return error
 
     # --- use and close --------------------------------------------------------------------------
 

@@ -251,20 +251,18 @@ class CliDriver(RuntimeDriver):
             "security_options": ["no-new-privileges"],
             "pids_limit": spec.pids_limit,
         }
-        if spec.memory is not None or spec.cpus is not None:
-            if not self.supports_limits:
-                raise RuntimeDriverError(
-                    f"{self.engine} CLI: the engine cannot enforce memory/CPU limits (no memory/cpu "
-                    "cgroup controllers, e.g. rootless on cgroup v1); run without limits or use a "
-                    "rootful engine."
-                )
-            options["memory"] = spec.memory
-            options["cpus"] = spec.cpus
+        if (spec.memory is not None or spec.cpus is not None) and not self.supports_limits:
+            spec = self.unenforced_limits(spec, "the engine has no memory/cpu cgroup controllers "
+                                          "(rootless on cgroup v1)")
+        options["memory"] = spec.memory
+        options["cpus"] = spec.cpus
+        options["shm_size"] = spec.shm_size
         if spec.gpus:
+            ids = None if spec.gpus is True else list(spec.gpus)
             if self.engine == "docker":
-                options["gpus"] = "all"
+                options["gpus"] = "all" if ids is None else f"device={','.join(ids)}"
             else:
-                options["devices"] = ["nvidia.com/gpu=all"]
+                options["devices"] = [f"nvidia.com/gpu={device}" for device in ids or ["all"]]
         if not spec.network:
             options["networks"] = [self._offline_network()]
         return options
@@ -340,6 +338,7 @@ class CliDriver(RuntimeDriver):
             running=False,
             exit_code=-1 if state.exit_code is None else state.exit_code,
             logs_tail=self.logs(container_id, tail=log_lines),
+            oom_killed=bool(state.oom_killed),
         )
 
     def logs(self, container_id: str, *, tail: int | None = None) -> str:

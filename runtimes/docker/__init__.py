@@ -170,10 +170,7 @@ class DockerDriver(EngineApiDriver[docker.DockerClient]):
 
     @property
     def _limits_unsupported(self) -> str:
-        return (
-            "docker: this daemon cannot enforce memory/CPU limits (MemoryLimit or "
-            "CpuCfsQuota is off in `docker info`); run without limits or use a rootful engine."
-        )
+        return "MemoryLimit or CpuCfsQuota is off in `docker info` (a rootless daemon without cgroup delegation)"
 
     def _port_binding(self) -> tuple[str, None]:
         return ("127.0.0.1", None)
@@ -187,8 +184,10 @@ class DockerDriver(EngineApiDriver[docker.DockerClient]):
     def _hardening_options(self, spec: RunSpec) -> dict[str, Any]:
         return {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges"], "pids_limit": spec.pids_limit}
 
-    def _gpu_options(self) -> dict[str, Any]:
-        return {"device_requests": [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]}
+    def _gpu_options(self, device_ids: list[str] | None) -> dict[str, Any]:
+        request = (docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]]) if device_ids is None
+                   else docker.types.DeviceRequest(device_ids=device_ids, capabilities=[["gpu"]]))
+        return {"device_requests": [request]}
 
     def _offline_options(self) -> dict[str, Any]:
         return {"network": self._offline_network()}

@@ -190,11 +190,8 @@ class PodmanDriver(EngineApiDriver[podman.PodmanClient]):
 
     @property
     def _limits_unsupported(self) -> str:
-        return (
-            f"podman ({self._url}): this engine cannot enforce memory/CPU limits (no "
-            "memory/cpu cgroup controllers, e.g. rootless podman on cgroup v1); run "
-            "without limits, use rootful podman, or move the host to cgroup v2."
-        )
+        return (f"podman at {self._url} has no memory/cpu cgroup controllers (rootless podman on "
+                "cgroup v1); rootful podman, or a host on cgroup v2, can enforce them")
 
     def _port_binding(self) -> dict[str, str]:
         return {"ip": "127.0.0.1"}
@@ -221,8 +218,8 @@ class PodmanDriver(EngineApiDriver[podman.PodmanClient]):
                             "containers run without a pids limit")
         return options
 
-    def _gpu_options(self) -> dict[str, Any]:
-        return {"devices": ["nvidia.com/gpu=all"]}
+    def _gpu_options(self, device_ids: list[str] | None) -> dict[str, Any]:
+        return {"devices": [f"nvidia.com/gpu={device}" for device in device_ids or ["all"]]}
 
     def _offline_options(self) -> dict[str, Any]:
         # An --internal network would also cut the host off from the published port;

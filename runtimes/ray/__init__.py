@@ -20,7 +20,8 @@ Ray runs no container images, so the image-centric interface maps onto it like t
   owning driver process exits, and the server inside stops itself (and its actor) when its
   client's heartbeats stop.
 * Ray reserves but never enforces memory and CPU: :attr:`supports_limits` is false and ``run``
-  refuses ``RunSpec.memory``/``cpus`` (reserve CPUs per endpoint with ``num_cpus=``). Actors
+  refuses ``RunSpec.memory``/``cpus`` unless ``strict_limits=False`` (then it warns and runs
+  without them; reserve CPUs per endpoint with ``num_cpus=``). Actors
   share their node's network, so ``RunSpec(network=False)`` cannot be honoured and is logged.
 
 The cluster is ``address=`` (``"HEAD_IP:6379"`` or ``"ray://HEAD_IP:10001"``), else
@@ -320,7 +321,8 @@ class RayDriver(RuntimeDriver):
             runtime_env["pip"] = missing
         return runtime_env
 
-    def _check(self, spec: RunSpec) -> None:
+    def _check(self, spec: RunSpec) -> RunSpec:
+        """``spec`` as Ray can run it, or an error naming what it cannot do."""
         if tuple(spec.command) != SERVER_COMMAND:
             raise RuntimeDriverError(f"ray: can only run the sandbox server {' '.join(SERVER_COMMAND)!r}, "
                                      f"not {' '.join(spec.command)!r}")
@@ -329,18 +331,19 @@ class RayDriver(RuntimeDriver):
         if len(spec.ports) != 1:
             raise RuntimeDriverError(f"ray: an actor serves exactly one port, {len(spec.ports)} were asked for")
         if spec.gpus:
-            raise RuntimeDriverError("ray: gpus=True is not supported by the ray runtime yet; run without GPUs")
+            raise RuntimeDriverError("ray: gpus= is not supported by the ray runtime yet; run without GPUs")
+        if spec.shm_size is not None:
+            raise RuntimeDriverError("ray: actors share their node's /dev/shm; run without shm_size=")
         if spec.memory is not None or spec.cpus is not None:
-            raise RuntimeDriverError(
-                "ray: Ray reserves but never enforces memory/CPU limits; run without memory=/cpus= "
-                "(reserve CPUs per endpoint with RayDriver(num_cpus=...))"
-            )
+            spec = self.unenforced_limits(spec, "Ray reserves resources for an actor but never enforces "
+                                                "them (reserve CPUs per endpoint with RayDriver(num_cpus=...))")
         if not spec.network and not self._warned_network:
             self._warned_network = True
             log.warning("ray: actors share their node's network; outbound network cannot be turned off")
+        return spec
 
     def run(self, spec: RunSpec) -> ContainerHandle:
-        self._check(spec)
+        spec = self._check(spec)
         recipe = self._recipe(spec.image)
         nodes = self.nodes()
         if not nodes:

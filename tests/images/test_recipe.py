@@ -10,7 +10,13 @@ from typing import Any
 
 import pytest
 from rlmesh_images import bootstrap, import_check
-from rlmesh_images.recipe import sandbox_recipe, validate_image_name, validate_import_name, validate_package_spec
+from rlmesh_images.recipe import (
+    sandbox_recipe,
+    validate_image_name,
+    validate_import_name,
+    validate_package_spec,
+    validate_system_package,
+)
 
 from rlmesh.errors import ImageBuildError, PackageSpecError
 from rlmesh.runtime.driver import ImageRecipe, RunSpec, RuntimeDriver
@@ -97,6 +103,7 @@ def test_app_file_order_does_not_matter(fake_ca_dir: Path) -> None:
         {"rlmesh_requirement": "rlmesh==0.2.1"},
         {"app_files": {"envs/cartpole.py": b"print('changed')\n"}},
         {"base_image": "rlmesh-base:trixie"},
+        {"system_packages": ["libosmesa6"]},
     ],
 )
 def test_any_input_change_changes_tag(fake_ca_dir: Path, change: dict[str, object]) -> None:
@@ -114,6 +121,37 @@ def test_duplicates_are_dropped_keeping_order() -> None:
                             ca_cert_dir=None)
     assert '"--", "b==1", "a==1"]' in recipe.dockerfile
     assert 'import_check.py", "b", "a"]' in recipe.dockerfile
+
+
+def test_system_packages_are_one_sorted_layer_before_the_venv(fake_ca_dir: Path) -> None:
+    recipe = full_recipe(fake_ca_dir, system_packages=["libosmesa6", "ffmpeg", "libosmesa6"])
+    lines = recipe.dockerfile.splitlines()
+    install = lines.index('RUN ["/bin/sh", "/opt/rlmesh/apt_install.sh", "ffmpeg", "libosmesa6"]')
+    assert install < next(i for i, line in enumerate(lines) if '"-m", "venv"' in line)
+    assert recipe.context_files["apt_install.sh"].startswith(b"#!/bin/sh")
+    # The same set in another order is the same image; another set is another image.
+    again = full_recipe(fake_ca_dir, system_packages=["ffmpeg", "libosmesa6"])
+    assert again.tag == recipe.tag
+    assert full_recipe(fake_ca_dir, system_packages=["ffmpeg"]).tag != recipe.tag
+
+
+@pytest.mark.parametrize("name", ["libosmesa6", "libstdc++6", "python3.11-dev", "libc6:amd64",
+                                  "ffmpeg=7:5.1.6-0+deb12u1"])
+def test_valid_system_packages(name: str) -> None:
+    assert validate_system_package(name) == name
+
+
+@pytest.mark.parametrize("name, words", [
+    ("-o", "is an option"), ("--allow-unauthenticated", "is an option"),
+    ("libosmesa6; rm -rf /", "not a Debian package name"), ("$(reboot)", "not a Debian package name"),
+    ("a b", "not a Debian package name"), ("LibGL", "not a Debian package name"),
+    ("pkg\nRUN x", "not a Debian package name"), ("", "not a Debian package name"),
+])
+def test_system_package_injection_is_refused(name: str, words: str) -> None:
+    with pytest.raises(PackageSpecError, match=words):
+        validate_system_package(name)
+    with pytest.raises(PackageSpecError):
+        sandbox_recipe(system_packages=[name], ca_cert_dir=None)
 
 
 # -- structure ------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import ipaddress
 import json
@@ -246,23 +247,30 @@ def test_reap_orphans_removes_dead_owner_keeps_live(
 
 
 def test_limits_applied_where_supported(
-    driver: RuntimeDriver, echo_image: str, containers: Containers
+    driver: RuntimeDriver, echo_image: str, containers: Containers, caplog: pytest.LogCaptureFixture
 ) -> None:
     spec = RunSpec(
         echo_image,
-        # The container reports its own cgroup limits (v1 and v2 paths).
+        # The container reports its own cgroup limits (v1 and v2 paths) and /dev/shm's size.
         command=[
             "sh",
             "-c",
             "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.cfs_quota_us "
-            "/sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max 2>/dev/null; true",
+            "/sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max 2>/dev/null; "
+            "echo shm=$(df -k /dev/shm | tail -1 | tr -s ' ' | cut -d' ' -f2); true",
         ],
         memory="256m",
         cpus=0.5,
+        shm_size="96m",
     )
     if not driver.supports_limits:
-        with pytest.raises(RuntimeDriverError, match="limits"):
+        with pytest.raises(RuntimeDriverError, match="cannot enforce memory='256m', cpus=0.5"):
             containers.run(spec)
+        # Opted out: it runs, without the limits, and says so.
+        handle = containers.run(dataclasses.replace(spec, strict_limits=False))
+        assert exited(driver, handle.id).exit_code == 0
+        assert "running without memory='256m', cpus=0.5" in caplog.text
+        assert f"shm={96 * 1024}" in driver.logs(handle.id).split()
         return
     handle = containers.run(spec)
     assert exited(driver, handle.id).exit_code == 0
@@ -270,6 +278,7 @@ def test_limits_applied_where_supported(
     assert str(256 * 1024 * 1024) in output, output
     # 0.5 CPU = 50 ms of CPU time per 100 ms period.
     assert "50000" in output, output
+    assert f"shm={96 * 1024}" in output, output
 
 
 def test_gpu_request_is_served_or_refused_clearly(

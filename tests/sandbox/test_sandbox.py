@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -28,6 +29,7 @@ from rlmesh.errors import (
     ContainerError,
     ImageBuildError,
     RuntimeDriverError,
+    SandboxCrashed,
     SandboxError,
     SourceError,
 )
@@ -330,3 +332,64 @@ def test_sandbox_is_keyed_and_runs_hardened(sandbox_driver: RuntimeDriver, tmp_p
         # ...while the owner steps on.
         obs, _ = env.reset(seed=3)
         assert env.step(0)[0].shape == obs.shape
+
+
+DYING = str(HERE / "dying_env")
+
+
+@pytest.mark.parametrize("fate, exit_code, words", [
+    ("segfault", 139, "exited with code 139 (SIGSEGV)"),
+    ("exit", 7, "exited with code 7;"),
+])
+def test_a_container_that_dies_mid_episode_raises_sandbox_crashed(
+        sandbox_driver: RuntimeDriver, fate: str, exit_code: int, words: str) -> None:
+    with rnp.SandboxEnv(DYING, packages=PACKAGES, runtime=sandbox_driver, fate=fate) as env:
+        env.reset(seed=0)
+        started = time.monotonic()
+        with pytest.raises(SandboxCrashed, match=re.escape(words)) as crashed:
+            env.step(0)
+        assert time.monotonic() - started < 10, "the crash took too long to surface"
+        assert crashed.value.exit_code == exit_code and not crashed.value.oom_killed
+        assert isinstance(crashed.value, ConnectionError)
+        # The container is gone at once, and every later call says the same.
+        assert env.container_id not in ours(sandbox_driver)
+        with pytest.raises(SandboxCrashed):
+            env.step(0)
+
+
+def test_limits_env_and_shm_reach_the_container(sandbox_driver: RuntimeDriver, caplog: pytest.LogCaptureFixture) -> None:
+    options: dict[str, Any] = dict(packages=PACKAGES, runtime=sandbox_driver, cpus=0.5, memory="300m",
+                                   shm_size="80m", env={"DYING_MODE": "osmesa"})
+    if not sandbox_driver.supports_limits:
+        with pytest.raises(RuntimeDriverError, match="cannot enforce memory='300m', cpus=0.5"):
+            rnp.SandboxEnv(DYING, **options)
+        options["strict_limits"] = False
+    with rnp.SandboxEnv(DYING, **options) as env:
+        _, info = env.reset(seed=0)
+    assert info["env"] == {"DYING_MODE": "osmesa"}
+    assert info["shm_bytes"] == 80 * 2**20
+    if not sandbox_driver.supports_limits:  # opted out: unlimited, and said so
+        assert "running without memory='300m', cpus=0.5" in caplog.text
+        return
+    assert info["memory_limit"] == str(300 * 2**20), info
+    quota = info["cpu_max"].split() if info["cpu_max"] else [info["cfs_quota"], info["cfs_period"]]
+    assert int(quota[0]) / int(quota[1]) == 0.5, info
+
+
+def test_the_oom_killer_under_memory_raises_sandbox_crashed(sandbox_driver: RuntimeDriver,
+                                                            sandbox_engine: Any) -> None:
+    if not sandbox_driver.supports_limits:
+        pytest.skip("this engine cannot limit memory (rootless podman on cgroup v1), so there is "
+                    "no limit to run out of; the refusal is tested above")
+    with rnp.SandboxEnv(DYING, packages=PACKAGES, runtime=sandbox_driver, memory="200m", fate="oom") as env:
+        env.reset(seed=0)
+        with pytest.raises(SandboxCrashed, match="memory='200m'.*OOM killer|OOM killer.*memory='200m'") as crashed:
+            env.step(0)
+    assert crashed.value.exit_code == 137
+    assert env.container_id not in ours(sandbox_driver)
+    if "podman" in sandbox_engine.id:
+        # podman 4.3 on cgroup v1 never sets State.OOMKilled (not even for a bare `podman run`);
+        # the message says the OOM kill is likely without claiming the engine reported it.
+        assert not crashed.value.oom_killed and "did not report one" in str(crashed.value)
+    else:
+        assert crashed.value.oom_killed and "was killed by the kernel's OOM killer" in str(crashed.value)

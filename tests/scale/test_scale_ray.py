@@ -181,6 +181,8 @@ def test_refusals_name_the_fix(driver: RayDriver) -> None:
         driver.run(RunSpec(**{**base, "command": ["sh"]}))  # type: ignore[arg-type]
     with pytest.raises(RuntimeDriverError, match="gpus"):
         driver.run(RunSpec(**base, gpus=True))  # type: ignore[arg-type]
+    with pytest.raises(RuntimeDriverError, match="shm_size"):
+        driver.run(RunSpec(**base, shm_size="1g"))  # type: ignore[arg-type]
 
 
 def test_packages_the_cluster_has_are_not_reinstalled(driver: RayDriver) -> None:
