@@ -31,6 +31,7 @@ from rlmesh.runtime.driver import (
     ContainerHandle,
     ContainerInfo,
     Health,
+    ImageInfo,
     ImageRecipe,
     ProgressCallback,
     RunSpec,
@@ -217,6 +218,17 @@ class EngineApiDriver(RuntimeDriver, Generic[ClientT]):
                 self.client.images.remove(tag, force=True)
             except self._image_gone:
                 pass
+
+    def image_info(self, tag: str) -> ImageInfo:
+        with self._errors(f"inspecting image {tag}"):
+            config = self.client.images.get(tag).attrs.get("Config") or {}
+        return ImageInfo(labels=dict(config.get("Labels") or {}), user=str(config.get("User") or ""))
+
+    def tag_image(self, tag: str, name: str) -> None:
+        repository, _, version = name.rpartition(":") if ":" in name.rsplit("/", 1)[-1] else (name, "", "latest")
+        with self._errors(f"naming image {tag} {name}"):
+            if not self.client.images.get(tag).tag(repository, version):
+                raise RuntimeDriverError(f"{self._label}: the engine refused to name image {tag} {name}")
 
     def list_images(self, labels: Mapping[str, str]) -> list[str]:
         with self._errors("listing images"):

@@ -34,11 +34,11 @@ EXPORTS = {
     "rlmesh.errors": {
         "AuthenticationError", "ContainerError", "EnvironmentException", "ImageBuildError", "ModelError",
         "PackageSpecError", "ProtocolError", "RLMeshError", "RuntimeDriverError",
-        "RuntimeUnavailableError", "SandboxError", "ServerBusyError", "SourceError",
+        "RuntimeUnavailableError", "SandboxCrashed", "SandboxError", "ServerBusyError", "SourceError",
         "SpecMismatchError", "VersionMismatchError",
     },
     "rlmesh.runtime": {
-        "AUTO_ORDER", "Availability", "ContainerHandle", "ContainerInfo", "Health", "ImageRecipe",
+        "AUTO_ORDER", "Availability", "ContainerHandle", "ContainerInfo", "Health", "ImageInfo", "ImageRecipe",
         "ProgressCallback", "RunSpec", "RuntimeDriver", "get_driver", "installed_drivers",
         "owner_is_gone", "owner_labels", "reap_orphans",
     },
@@ -57,7 +57,7 @@ EXPORTS = {
     "rlmesh_runtimes.ray": {"ADDRESS_VARIABLE", "NAMESPACE", "RayDriver", "SERVER_COMMAND"},
     "rlmesh_images.recipe": {
         "APP_DIR", "HOST_CA_CERT_DIR", "SANDBOX_USER", "VENV_DIR", "sandbox_recipe",
-        "validate_image_name", "validate_import_name", "validate_package_spec",
+        "validate_image_name", "validate_import_name", "validate_package_spec", "validate_system_package",
     },
     "rlmesh_images.bootstrap": {
         "BASE_PACKAGES", "DEFAULT_BASE_IMAGE", "bootstrap", "build_rootfs", "debian_mirror",

@@ -1,4 +1,4 @@
-"""``rlmesh images``: bootstrap the base image; list and prune rlmesh's sandbox images."""
+"""``rlmesh images``: bootstrap the base image; build, list and prune rlmesh's sandbox images."""
 
 from __future__ import annotations
 
@@ -60,6 +60,43 @@ def bootstrap(runtime: str | None, host: str | None, tag: str | None, mirror: st
     finally:
         driver.close()
     make_console().print(f"{driver.name} has [bold]{result}[/bold]")
+
+
+@images.command()
+@click.argument("source")
+@click.option("--tag", "name", required=True, metavar="NAME",
+              help="Name of the image, e.g. my-envs:halfcheetah (run it as image://NAME).")
+@click.option("--package", "-p", "packages", multiple=True, metavar="SPEC",
+              help="pip requirement to install (repeatable).")
+@click.option("--import", "imports", multiple=True, metavar="MODULE",
+              help="Module imported at build time to check the image (repeatable).")
+@click.option("--system-package", "system_packages", multiple=True, metavar="NAME",
+              help="Debian package to install (repeatable).")
+@click.option("--base-image", metavar="IMAGE", help="Image to build on.")
+@click.option("--rlmesh-package", metavar="SPEC", help="rlmesh inside: pip spec, wheel path or 'local'.")
+@click.option("--build-memory", metavar="SIZE", help="Memory limit of the build, e.g. 4g.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow a source's repository code to run.")
+@click.option("--allow-unpinned-hf", is_flag=True, help="Allow an hf:// source without a commit sha.")
+@runtime_option
+def build(source: str, name: str, packages: tuple[str, ...], imports: tuple[str, ...],
+          system_packages: tuple[str, ...], base_image: str | None, rlmesh_package: str | None,
+          build_memory: str | None, trust_remote_code: bool, allow_unpinned_hf: bool,
+          runtime: str | None, host: str | None) -> None:
+    """Build the sandbox image of SOURCE ahead of time and name it (run it with image://NAME).
+
+    The image records its source and settings in labels; a cluster can preload it, a registry
+    can carry it, and sessions started from it build nothing.
+    """
+    from rlmesh.sandbox.session import SandboxSessionBase
+
+    options = {"packages": list(packages) or None, "imports": list(imports) or None,
+               "system_packages": list(system_packages) or None, "base_image": base_image,
+               "rlmesh_package": rlmesh_package, "build_memory": build_memory,
+               "trust_remote_code": trust_remote_code, "allow_unpinned_hf": allow_unpinned_hf,
+               "runtime": open_driver(runtime, host) if host else runtime}
+    built = SandboxSessionBase.build_image(source, name, **options)
+    make_console().print(f"built [bold]{built}[/bold]; run it with SandboxEnv('image://{built}') "
+                         f"or `rlmesh serve image://{built}`")
 
 
 @images.command(name="list")

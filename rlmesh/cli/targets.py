@@ -6,8 +6,9 @@ Targets are read as follows:
 - ``module:factory`` or ``path/to/file.py:factory``: a callable returning an env (or a vector
   env, or a list of envs), run in this process;
 - a Gymnasium id such as ``CartPole-v1``: ``gymnasium.make`` in this process;
-- ``gym://ID``, ``hf://owner/repo@sha:suite/task`` or a directory holding ``env.py``: a sandbox
-  (container) built from that source, configured by the options of :func:`sandbox_options`.
+- ``gym://ID``, ``hf://owner/repo@sha:suite/task``, a directory holding ``env.py`` or
+  ``image://NAME``: a sandbox (container) of that source, configured by the options of
+  :func:`sandbox_options`.
 
 Env keyword arguments follow ``--`` as ``key=value`` (:func:`parse_make_kwargs`).
 """
@@ -40,7 +41,7 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 
 _ADDRESS = re.compile(r"^(?:(?:tcp|unix|ipc)://.+|\d{1,5}|\[?[\w.:-]*\]?:\d{1,5})$")
-_SANDBOX_PREFIXES = ("gym://", "hf://")
+_SANDBOX_PREFIXES = ("gym://", "hf://", "image://")
 
 
 # --- reading a target ---------------------------------------------------------------------------
@@ -88,6 +89,18 @@ def sandbox_options(func: F) -> F:
         click.option("--allow-unpinned-hf", is_flag=True, help="Allow an hf:// source without a commit sha."),
         click.option("--capability", "capabilities", multiple=True, type=click.Choice(["gpu", "network"]),
                      help="Runtime feature for the sandbox (repeatable)."),
+        click.option("--system-package", "system_packages", multiple=True, metavar="NAME",
+                     help="Debian package installed into the sandbox image (repeatable)."),
+        click.option("--cpus", type=float, help="CPU limit of the sandbox, in cores."),
+        click.option("--memory", metavar="SIZE", help="Memory limit of the sandbox, e.g. 2g."),
+        click.option("--gpus", metavar="all|IDS", help="GPUs for the sandbox: 'all' or ids such as 0,1."),
+        click.option("--shm-size", metavar="SIZE", help="Size of the sandbox's /dev/shm, e.g. 1g."),
+        click.option("--env", "container_env", multiple=True, metavar="NAME=VALUE",
+                     help="Environment variable of the sandbox container (repeatable)."),
+        click.option("--no-strict-limits", is_flag=True,
+                     help="Where the engine cannot enforce --cpus/--memory, warn and run without them."),
+        click.option("--entry", metavar="MODULE:FACTORY",
+                     help="For image:// sources not built by rlmesh: the env factory inside."),
         runtime_option,
     ]
     for option in reversed(options):
@@ -109,6 +122,14 @@ class SandboxArgs:
     capabilities: tuple[str, ...]
     runtime: str | None
     host: str | None
+    system_packages: tuple[str, ...] = ()
+    cpus: float | None = None
+    memory: str | None = None
+    gpus: str | None = None
+    shm_size: str | None = None
+    container_env: tuple[str, ...] = ()
+    strict_limits: bool = True
+    entry: str | None = None
 
     @classmethod
     def pop(cls, params: dict[str, Any]) -> SandboxArgs:
@@ -120,7 +141,10 @@ class SandboxArgs:
             trust_remote_code=params.pop("trust_remote_code"),
             allow_unpinned_hf=params.pop("allow_unpinned_hf"),
             capabilities=params.pop("capabilities"), runtime=params.pop("runtime"),
-            host=params.pop("host"),
+            host=params.pop("host"), system_packages=params.pop("system_packages"),
+            cpus=params.pop("cpus"), memory=params.pop("memory"), gpus=params.pop("gpus"),
+            shm_size=params.pop("shm_size"), container_env=params.pop("container_env"),
+            strict_limits=not params.pop("no_strict_limits"), entry=params.pop("entry"),
         )
 
     def session_kwargs(self) -> dict[str, Any]:
@@ -133,7 +157,29 @@ class SandboxArgs:
             "base_image": self.base_image, "rlmesh_package": self.rlmesh_package,
             "trust_remote_code": self.trust_remote_code, "allow_unpinned_hf": self.allow_unpinned_hf,
             "capabilities": list(self.capabilities) or None, "runtime": runtime,
+            "system_packages": list(self.system_packages) or None, "cpus": self.cpus,
+            "memory": self.memory, "gpus": _gpus(self.gpus), "shm_size": self.shm_size,
+            "env": _assignments(self.container_env) or None, "strict_limits": self.strict_limits,
+            "entry": self.entry,
         }
+
+
+def _gpus(text: str | None) -> str | list[str] | None:
+    """``--gpus all`` or ``--gpus 0,1``."""
+    if text is None or text == "all":
+        return text
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _assignments(items: tuple[str, ...]) -> dict[str, str]:
+    """``NAME=VALUE`` items (values stay strings: they are environment variables)."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE (e.g. MUJOCO_GL=osmesa)", param_hint="--env")
+        pairs[name] = value
+    return pairs
 
 
 # --- the env a target gives ---------------------------------------------------------------------

@@ -24,6 +24,7 @@ __all__ = [
     "ContainerHandle",
     "ContainerInfo",
     "Health",
+    "ImageInfo",
     "ImageRecipe",
     "ProgressCallback",
     "RunSpec",
@@ -146,6 +147,15 @@ class Health:
 
 
 @dataclass(frozen=True)
+class ImageInfo:
+    """A local image as an engine describes it: its labels and the user it runs as."""
+
+    labels: Mapping[str, str]
+    #: The image's ``USER`` (``""`` when it runs as root).
+    user: str = ""
+
+
+@dataclass(frozen=True)
 class ContainerInfo:
     """One container found by label, for listing and orphan reaping."""
 
@@ -255,6 +265,16 @@ class RuntimeDriver(abc.ABC):
     @abc.abstractmethod
     def import_image(self, tarball: str, tag: str, *, cmd: Sequence[str] = ("/bin/bash",)) -> None:
         """Import a root-filesystem tarball as image ``tag`` (registry-free base images)."""
+
+    def image_info(self, tag: str) -> ImageInfo:
+        """Labels and user of the local image ``tag``; :class:`RuntimeDriverError` if it is missing."""
+        raise RuntimeDriverError(f"{self.name}: this runtime cannot inspect images; image:// sources "
+                                 "need a container engine (docker, podman)")
+
+    def tag_image(self, tag: str, name: str) -> None:
+        """Give the local image ``tag`` the additional name ``name`` (``repository[:tag]``)."""
+        raise RuntimeDriverError(f"{self.name}: this runtime cannot name images; build with a "
+                                 "container engine (docker, podman)")
 
     @abc.abstractmethod
     def remove_image(self, tag: str) -> None:

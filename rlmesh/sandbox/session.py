@@ -14,7 +14,9 @@ keyword arguments. Sources, the rlmesh package and the entry are modules of thei
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import hashlib
 import inspect
 import json
 import logging
@@ -41,7 +43,8 @@ from rlmesh.runtime.driver import ImageRecipe
 from rlmesh.sandbox.entry import COMMAND, CONFIG_VARIABLE
 from rlmesh.sandbox.package import resolve_rlmesh_package
 from rlmesh.sandbox.resources import Resources
-from rlmesh.sandbox.sources import Source, parse_source
+from rlmesh.runtime.labels import VERSION as VERSION_LABEL
+from rlmesh.sandbox.sources import Source, check_entry, parse_source
 
 __all__ = ["SandboxSessionBase", "SandboxEnvBase", "SandboxVectorEnvBase", "CAPABILITIES"]
 
@@ -56,9 +59,31 @@ CAPABILITIES = frozenset({"gpu", "network"})
 _CONTAINER_PORT = 5555
 _VECTORIZATION_MODES = ("sync", "async")
 _MAX_APP_BYTES = 64 * 1024 * 1024
+#: Image labels of `rlmesh images build`: the source config, the settings, and their digest.
+SOURCE_LABEL = "io.rlmesh.source"
+SETTINGS_LABEL = "io.rlmesh.settings"
+DIGEST_LABEL = "io.rlmesh.digest"
+#: Options that shape an image, meaningless for image:// sources.
+_BUILD_OPTIONS = ("packages", "imports", "system_packages", "base_image", "rlmesh_package", "override",
+                  "build_memory")
 #: Seconds to wait for the engine to report a container exited once its connection dropped.
 _EXIT_GRACE = 5.0
 _SKIPPED_DIRS = {".git", "__pycache__", ".venv", "node_modules", ".mypy_cache", ".pytest_cache"}
+
+
+def _uid_of(user: str, image: str) -> int:
+    """The uid an image's ``USER`` runs as, so its secret files can be handed to it."""
+    from rlmesh_images.recipe import SANDBOX_UID, SANDBOX_USER
+
+    name = user.partition(":")[0]
+    if name in ("", "root"):
+        return 0
+    if name == SANDBOX_USER:
+        return SANDBOX_UID
+    if name.isdigit():
+        return int(name)
+    raise SandboxError(f"image {image} runs as user {name!r}; rlmesh hands a container its keys as files "
+                       "owned by the image's user, so give the image a numeric USER (e.g. USER 1000)")
 
 
 def _signal_name(exit_code: int | None) -> str:
@@ -236,6 +261,8 @@ class SandboxSessionBase(Generic[RemoteT]):
         system_packages: Debian packages installed into the image (``["libosmesa6"]``).
         strict_limits: A limit the engine cannot enforce (rootless podman on cgroup v1, Ray)
             raises; with ``False`` it is dropped with a warning instead.
+        entry: For an ``image://`` source not built by ``rlmesh images build``: its env
+            factory as ``"package.module:function"`` (the image must have rlmesh installed).
         startup_timeout: Seconds allowed from container start to a ready server.
         owner_timeout: Seconds without heartbeats after which the server inside stops itself.
         **gym_make_kwargs: Passed to ``gymnasium.make`` / ``make_vec`` / ``make_env``. A keyword
@@ -245,6 +272,8 @@ class SandboxSessionBase(Generic[RemoteT]):
 
     _client_class: ClassVar[type[Any]]
     _vector: ClassVar[bool] = False
+    #: Set by :meth:`build_image`: build, name the image this, and start nothing.
+    _build_only: str | None = None
 
     def __init__(
         self,
@@ -275,6 +304,7 @@ class SandboxSessionBase(Generic[RemoteT]):
         env: Mapping[str, str] | None = None,
         system_packages: Sequence[str] | None = None,
         strict_limits: bool = True,
+        entry: str | None = None,
         **gym_make_kwargs: object,
     ) -> None:
         self._client: Any = None
@@ -288,7 +318,7 @@ class SandboxSessionBase(Generic[RemoteT]):
             "capabilities": capabilities, "override": override, "repo_root": repo_root,
             "runtime": runtime, "vectorization_mode": vectorization_mode, "cpus": cpus,
             "memory": memory, "gpus": gpus, "shm_size": shm_size, "env": env,
-            "system_packages": system_packages,
+            "system_packages": system_packages, "entry": entry,
         }
         settings = _load_config(config, base_dir)
         settings.update({k: v for k, v in given.items() if v is not None})
@@ -335,7 +365,13 @@ class SandboxSessionBase(Generic[RemoteT]):
             raise SandboxError(f"environment keyword arguments must be JSON values: {exc}") from exc
 
         # The recipe validates packages, imports and the override before any engine is touched.
-        self.recipe = recipe = self._recipe(base_dir)
+        prebuilt = self.source.kind == "image"
+        if prebuilt:
+            self._refuse_build_options()
+        elif settings.get("entry") is not None:
+            raise SandboxError("entry= names the env factory of an image:// source; other sources bring "
+                               "their own (a Gymnasium id, or make_env in env.py)")
+        self.recipe = None if prebuilt else self._recipe(base_dir)
 
         from rlmesh.runtime import get_driver, reap_orphans
 
@@ -347,8 +383,28 @@ class SandboxSessionBase(Generic[RemoteT]):
         except Exception as exc:  # reaping is housekeeping; never block a session on it
             log.warning("could not reap orphaned containers: %s", exc)
         self.session_id = uuid.uuid4().hex
-        self.image = self._build(recipe)
+        if self._build_only is not None:
+            self.image = self._build_named(self._build_only)
+            return
+        self.image = self._build(self.recipe) if self.recipe is not None else self._prebuilt()
         self._start()
+
+    @classmethod
+    def build_image(cls, source: str, name: str, **options: Any) -> str:
+        """Build the image of ``source`` ahead of time, name it ``name``, and start nothing.
+
+        ``options`` are the session's (``packages``, ``system_packages``, ``runtime``, ...).
+        The image records its source and settings in labels, so ``image://NAME`` runs it later
+        without building. Returns ``name``.
+        """
+        from rlmesh.sandbox.sources import _IMAGE
+
+        if not isinstance(name, str) or not _IMAGE.match(name):
+            raise SandboxError(f"invalid image name {name!r}; e.g. 'my-envs:halfcheetah'")
+        session = cls.__new__(cls)
+        session._build_only = name
+        session.__init__(source, **options)  # type: ignore[misc]
+        return name
 
     # --- build ----------------------------------------------------------------------------------
 
@@ -416,6 +472,61 @@ class SandboxSessionBase(Generic[RemoteT]):
                                  repository=recipe.repository, labels=recipe.labels)
         return recipe
 
+    def _refuse_build_options(self) -> None:
+        built_in = [f"{key}=" for key in _BUILD_OPTIONS if self.settings.get(key)]
+        if built_in:
+            raise SandboxError(f"{', '.join(built_in)} shape an image at build time; {self.source.text} "
+                               "runs an image built already (give them to `rlmesh images build`)")
+
+    def _build_named(self, name: str) -> str:
+        """Build the recipe with labels that describe it, and give the image ``name``."""
+        assert self.recipe is not None, "image:// sources are built already"
+        described = {
+            SOURCE_LABEL: json.dumps(self.source.to_config(), sort_keys=True),
+            SETTINGS_LABEL: json.dumps({"source": self.source.text, "packages": self.settings.get("packages") or [],
+                                        "imports": self.settings.get("imports") or [],
+                                        "system_packages": self.system_packages}, sort_keys=True),
+        }
+        # Labels are not part of the content hash: a LABEL line of their digest keeps two sources
+        # whose Dockerfiles match (two Gymnasium ids, say) two images.
+        digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:20]
+        recipe = dataclasses.replace(self.recipe, dockerfile=f"{self.recipe.dockerfile}LABEL {DIGEST_LABEL}={digest}\n",
+                                     labels={**self.recipe.labels, **described})
+        self.driver.tag_image(self._build(recipe), name)
+        log.info("built %s for %s on %s", name, self.source.text, self.driver.name)
+        return name
+
+    def _prebuilt(self) -> str:
+        """Check an ``image://`` image and learn from its labels what it serves."""
+        from rlmesh.errors import RuntimeDriverError
+
+        name = self.source.image
+        assert name is not None
+        if not self.driver.image_exists(name):
+            raise SandboxError(f"no image {name!r} on {self.driver.name}: build it with `rlmesh images build "
+                               f"SOURCE --tag {name}` (with --runtime {self.driver.name}), or load it there")
+        try:
+            info = self.driver.image_info(name)
+        except RuntimeDriverError as exc:
+            raise SandboxError(f"cannot read image {name!r}: {exc}") from exc
+        entry = self.settings.get("entry")
+        if entry is not None:
+            self._image_source: dict[str, Any] = {"kind": "entry", "entry": check_entry(entry)}
+        elif SOURCE_LABEL in info.labels:
+            built_with = info.labels.get(VERSION_LABEL, "unknown")
+            if built_with != __version__:
+                raise VersionMismatchError(
+                    f"image {name} was built with rlmesh {built_with}, this host runs {__version__}; "
+                    f"rebuild it here (`rlmesh images build ... --tag {name}`) or run rlmesh=={built_with}")
+            self._image_source = json.loads(info.labels[SOURCE_LABEL])
+        else:
+            raise SandboxError(f"image {name} was not built by `rlmesh images build`; to run it, name its "
+                               "env factory with entry='package.module:function' (the image needs rlmesh)")
+        if self.settings.get("task"):
+            self._image_source["task"] = self.settings["task"]
+        self._secret_owner = _uid_of(info.user, name)
+        return name
+
     def _build(self, recipe: ImageRecipe) -> str:
         from rlmesh.progress import progress_lines
 
@@ -432,7 +543,7 @@ class SandboxSessionBase(Generic[RemoteT]):
         from rlmesh_images.recipe import APP_DIR
 
         return {
-            "source": self.source.to_config(),
+            "source": getattr(self, "_image_source", None) or self.source.to_config(),
             "vector": self._vector,
             "num_envs": self.num_envs,
             "vectorization_mode": self.vectorization_mode,
@@ -461,7 +572,7 @@ class SandboxSessionBase(Generic[RemoteT]):
                 network="network" in self.capabilities,
                 **self.resources.run_options(),
                 secret_files=keys.server_files,
-                secret_owner=SANDBOX_UID,
+                secret_owner=getattr(self, "_secret_owner", SANDBOX_UID),
             )
             watch(self.driver)  # before run(): a kill during the start leaves no container either
             handle = self.driver.run(spec)

@@ -8,6 +8,8 @@ Forms:
   ``allow_unpinned_hf=True``, and running its code needs ``trust_remote_code=True``.
 - a local directory with the same layout (``./my_env``, ``/abs/path``, optionally
   ``PATH:suite/task``): for offline use and tests.
+- ``image://NAME``: an image built ahead of time (``rlmesh images build``), or any image with
+  rlmesh installed whose env factory the session names (``entry="module:factory"``).
 
 Parsing and rule checks run on the host before anything is built; :func:`make_env` runs inside
 the sandbox (or anywhere else) to build the env a source describes.
@@ -15,6 +17,7 @@ the sandbox (or anywhere else) to build the env a source describes.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 import re
@@ -26,7 +29,7 @@ from typing import Any
 from rlmesh.errors import SourceError
 from rlmesh.usercode import load_module_file
 
-__all__ = ["Source", "parse_source", "make_env", "ENV_FILE"]
+__all__ = ["Source", "parse_source", "make_env", "check_entry", "ENV_FILE"]
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +44,16 @@ _HF = re.compile(
     r"(?::(?P<selector>[^\s]+))?$"
 )
 _SHA = re.compile(r"^[0-9a-f]{40}$")
+# An image reference: [registry[:port]/]path[:tag][@digest], no spaces or shell characters.
+_IMAGE = re.compile(r"^[a-z0-9][a-z0-9._-]*(?::[0-9]+)?(?:/[a-z0-9][a-z0-9._-]*)*"
+                    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$")
+_ENTRY = re.compile(r"^[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 _SELECTOR_PART = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
 @dataclass(frozen=True)
 class Source:
-    """A parsed source. ``kind`` is ``"gym"``, ``"hf"`` or ``"local"``."""
+    """A parsed source. ``kind`` is ``"gym"``, ``"hf"``, ``"local"`` or ``"image"``."""
 
     kind: str
     text: str
@@ -56,6 +63,8 @@ class Source:
     path: Path | None = None
     suite: str | None = None
     task: str | None = None
+    #: For ``image://NAME``: the image.
+    image: str | None = None
 
     @property
     def runs_repository_code(self) -> bool:
@@ -116,6 +125,12 @@ def parse_source(
         return Source("hf", text, repo_id=f"{match['owner']}/{match['repo']}", revision=revision,
                       suite=suite, task=task or selected_task)
 
+    if text.startswith("image://"):
+        name = text[len("image://"):]
+        if not _IMAGE.match(name):
+            raise SourceError(f"invalid image name {name!r} in {source!r}; e.g. 'image://my-envs:halfcheetah'")
+        return Source("image", source, image=name, task=task)
+
     if text.startswith("gym://"):
         text = text[len("gym://"):]
         if not _GYM_ID.match(text):
@@ -150,6 +165,26 @@ def _load_make_env(app_dir: Path) -> Any:
     if not callable(make):
         raise SourceError(f"{app_dir / ENV_FILE} does not define make_env()")
     return make
+
+
+def check_entry(entry: str) -> str:
+    """Return ``entry`` if it names a factory as ``package.module:function``."""
+    if not isinstance(entry, str) or not _ENTRY.match(entry):
+        raise SourceError(f"entry={entry!r} must name an env factory as 'package.module:function', "
+                          "e.g. 'my_envs.factory:make_env'")
+    return entry
+
+
+def _import_factory(entry: str) -> Any:
+    module_name, _, name = check_entry(entry).partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SourceError(f"entry {entry!r}: cannot import {module_name}: {exc}") from exc
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise SourceError(f"entry {entry!r}: {module_name} has no callable {name}")
+    return factory
 
 
 def _call_make_env(make: Any, num_envs: int, mode: str, kwargs: Mapping[str, Any]) -> Any:
@@ -216,7 +251,7 @@ def make_env(
                                       vectorization_mode=vectorization_mode, **kwargs)
         return gymnasium.make(config["env_id"], **kwargs)
 
-    make = _load_make_env(Path(app_dir))
+    make = _import_factory(config["entry"]) if kind == "entry" else _load_make_env(Path(app_dir))
     env = _select(_call_make_env(make, num_envs if vector else 1, vectorization_mode, kwargs),
                   config.get("suite"), config.get("task"))
     if vector and not _is_vector(env):

@@ -39,6 +39,7 @@ from rlmesh.runtime.driver import (
     ContainerHandle,
     ContainerInfo,
     Health,
+    ImageInfo,
     ImageRecipe,
     ProgressCallback,
     RunSpec,
@@ -206,6 +207,15 @@ class CliDriver(RuntimeDriver):
                 self._whales.image.remove(tag, force=True, prune=True)
             except whales_errors.NoSuchImage:
                 pass
+
+    def image_info(self, tag: str) -> ImageInfo:
+        with self._errors(f"inspecting image {tag}"):
+            config = self._whales.image.inspect(tag).config
+        return ImageInfo(labels=dict(config.labels or {}), user=str(config.user or ""))
+
+    def tag_image(self, tag: str, name: str) -> None:
+        with self._errors(f"naming image {tag} {name}"):
+            self._whales.image.tag(tag, name)
 
     def list_images(self, labels: Mapping[str, str]) -> list[str]:
         with self._errors("listing images"):

@@ -190,3 +190,22 @@ def test_sandbox_refusals_happen_before_any_build(driver: RuntimeDriver) -> None
     assert_failure(result)
     assert "gymnasium; rm -rf /" in result.stderr
     assert "plain pip requirements" in result.stderr
+
+
+def test_images_build_then_eval_the_prebuilt_image(driver: RuntimeDriver) -> None:
+    name = f"rlmesh-test-cli-{RUN_ID}:cartpole"
+    refused = rlmesh("images", "build", "CartPole-v1", "--tag", name, "--system-package", "curl; rm -rf /")
+    assert_failure(refused, "not a Debian package name")
+    try:
+        built = rlmesh("images", "build", "CartPole-v1", "--tag", name, "--runtime", driver.name,
+                       "-p", "gymnasium[classic-control]==1.3.0", timeout=900)
+        assert built.returncode == 0, built.stderr
+        assert f"image://{name}" in built.stdout
+        evaluated = rlmesh("eval", f"image://{name}", "--runtime", driver.name, "-e", "2", "--seed", "4",
+                           "--policy", "helpers_envs.py:lean_policy", "--json", timeout=300)
+        assert evaluated.returncode == 0, evaluated.stderr
+        assert "Building" not in evaluated.stderr  # nothing was built
+        returns = [episode["return"] for episode in json.loads(evaluated.stdout)["episodes"]]
+        assert returns == local_returns(lean_policy, 2, 4)
+    finally:
+        driver.remove_image(name)
