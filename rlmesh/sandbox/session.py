@@ -26,6 +26,7 @@ import signal
 import tempfile
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -584,7 +585,10 @@ class SandboxSessionBase(Generic[RemoteT]):
             except BaseException:
                 self._finalizer()
                 raise
-        self._client._connection.explain_loss = self._crashed
+        # Weakly: the connection's heartbeat thread must not keep the session from being collected.
+        crashed = weakref.WeakMethod(self._crashed)
+        self._client._connection.explain_loss = lambda message: (
+            method(message) if (method := crashed()) is not None else ConnectionError(message))
         log.info("sandbox %s ready at %s (container %s)", self.source.text, self.address, handle.id[:12])
 
     def _connect(self, timeout: float, keys: SessionKeys) -> Any:
