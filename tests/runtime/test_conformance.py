@@ -281,12 +281,13 @@ def test_limits_applied_where_supported(
     assert f"shm={96 * 1024}" in output, output
 
 
+@pytest.mark.parametrize("gpus", [True, ("0",)], ids=["all", "device-ids"])
 def test_gpu_request_is_served_or_refused_clearly(
-    driver: RuntimeDriver, echo_image: str, containers: Containers
+    driver: RuntimeDriver, echo_image: str, containers: Containers, gpus: bool | tuple[str, ...]
 ) -> None:
     sleeper = ["python3", "-c", "import time; time.sleep(600)"]
     try:
-        containers.run(RunSpec(echo_image, command=sleeper, gpus=True))
+        containers.run(RunSpec(echo_image, command=sleeper, gpus=gpus))
     except RuntimeDriverError as exc:
         assert "without gpus=True" in str(exc), exc
     # Either way nothing half-created may linger besides what the tracker will stop.
