@@ -19,6 +19,8 @@ __all__ = [
     "PackageSpecError",
     "ModelError",
     "SpecMismatchError",
+    "AlreadyPendingCallError",
+    "NoAsyncCallError",
 ]
 
 
@@ -119,3 +121,24 @@ class ModelError(RLMeshError):
 
 class SpecMismatchError(RLMeshError, ValueError):
     """What a model expects (its ``ModelSpec``) does not fit the env's spaces."""
+
+
+class AlreadyPendingCallError(RLMeshError):
+    """An async call (``step_async``, ``reset_async``, lanes sent with ``send``) is under way.
+
+    ``name`` is the call that is pending. Where Gymnasium is installed the error raised is also a
+    ``gymnasium.error.AlreadyPendingCallError``, so code written for Gymnasium's async vector
+    envs catches it unchanged.
+    """
+
+    def __init__(self, message: str, name: str) -> None:
+        Exception.__init__(self, message)  # not super(): Gymnasium's twin takes (message, name)
+        self.name = name
+
+
+class NoAsyncCallError(RLMeshError):
+    """A ``*_wait`` (or ``recv``) without the async call it collects; like Gymnasium's error of that name."""
+
+    def __init__(self, message: str, name: str) -> None:
+        Exception.__init__(self, message)
+        self.name = name

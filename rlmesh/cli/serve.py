@@ -45,10 +45,13 @@ __all__ = ["serve"]
               help="Folder of the client public certificates that may attach.")
 @click.option("--insecure", is_flag=True,
               help="Serve without keys on an address other hosts can reach.")
+@click.option("--allow-calls/--no-allow-calls", default=True, show_default=True,
+              help="Answer clients' call/get_attr/set_attr requests (public env methods and "
+                   "attributes by name).")
 @sandbox_options
 def serve(target: str, make_kwargs: tuple[str, ...], address: str, num_envs: int,
           vectorization_mode: str | None, busy_poll: float, server_key: str | None,
-          authorized_keys: str | None, insecure: bool, **params: Any) -> None:
+          authorized_keys: str | None, insecure: bool, allow_calls: bool, **params: Any) -> None:
     """Serve an environment until Ctrl-C.
 
     ENV_ID_OR_SOURCE is a Gymnasium id (CartPole-v1), a factory (my_pkg.envs:make or
@@ -72,18 +75,19 @@ def serve(target: str, make_kwargs: tuple[str, ...], address: str, num_envs: int
     from rlmesh.server.env import EnvServer
 
     console = make_console()
-    keys: dict[str, Any] = {"server_key": server_key, "authorized_keys": authorized_keys, "insecure": insecure}
+    options: dict[str, Any] = {"server_key": server_key, "authorized_keys": authorized_keys, "insecure": insecure,
+                               "allow_calls": allow_calls}
     if is_sandbox_source(target, sandbox.force):
         with open_sandbox(target, sandbox, num_envs, vectorization_mode, kwargs, vector=vector) as session:
             # Relaying through a local server keeps the session's heartbeats (so the container
             # dies with this process) and lets clients use --address like any other server.
-            server = EnvServer(session.client, address, close_env=False, busy_poll=busy_poll, **keys)
+            server = EnvServer(session.client, address, close_env=False, busy_poll=busy_poll, **options)
             console.print(f"Serving sandbox {target} (container {session.container_id[:12]} on "
                           f"{session.driver.name}) at [bold]{server.address}[/bold]")
             _serve_until_stopped(server, watch=lambda: _container_alive(session))
         return
     env = local_env(target, num_envs, vectorization_mode, kwargs)
-    server = EnvServer(env, address, busy_poll=busy_poll, **keys)
+    server = EnvServer(env, address, busy_poll=busy_poll, **options)
     console.print(f"Serving {target} at [bold]{server.address}[/bold]")
     _serve_until_stopped(server)
 

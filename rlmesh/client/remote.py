@@ -10,10 +10,13 @@ from typing import Any, ClassVar, Generic, TypeVar, Union
 from rlmesh.backends import PLAIN, Backend
 from rlmesh.client.closing import Closeable
 from rlmesh.client.multi import MultiEndpointVectorEnv, MultiEndpointVectorEnvBase
+from rlmesh.client.pending import PendingCall
 from rlmesh.client.surface import EnvSurface, Surface, VectorEnvSurface
 from rlmesh.protocol.address import to_zmq_endpoint
 from rlmesh.protocol.connection import Connection
 from rlmesh.protocol.messages import EnvContract, Request
+from rlmesh.protocol.timeouts import check_timeout
+from rlmesh.wire.codec import EncodeError
 
 __all__ = ["AttachedClient", "RemoteEnvBase", "RemoteVectorEnvBase", "RemoteEnv", "RemoteVectorEnv", "connect"]
 
@@ -112,6 +115,7 @@ class _RemoteClient(AttachedClient, EnvSurface, Generic[ValueT, ActionT]):
             raise
 
     def _attach(self, connection: Connection, contract: EnvContract) -> None:
+        self._pending = PendingCall()
         self._connection = connection
         self._contract = contract
         self._served = Surface.build(
@@ -130,17 +134,35 @@ class _RemoteClient(AttachedClient, EnvSurface, Generic[ValueT, ActionT]):
 
     # --- requests -------------------------------------------------------------------------------
 
+    def _request(self, kind: str, payload: Any, doing: str) -> Any:
+        """One request and its reply; refused while an async call is under way."""
+        self._pending.check_idle(doing)
+        return self._live().request(kind, payload)
+
     def _reset(self, seed: Any, options: dict[str, object] | None) -> tuple[Any, dict[str, Any]]:
-        obs, info = self._live().request(Request.RESET, {"seed": seed, "options": options})
+        obs, info = self._request(Request.RESET, {"seed": seed, "options": options}, "reset()")
         return obs, info
 
     def _step(self, action: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
-        obs, reward, terminated, truncated, info = self._live().request(Request.STEP, action)
+        obs, reward, terminated, truncated, info = self._request(Request.STEP, action, "step()")
         return obs, reward, terminated, truncated, info
 
-    def render(self, *, env_index: int = 0) -> Any:
-        """Render a frame (for vector endpoints, of the env at ``env_index``)."""
-        return self._live().request(Request.RENDER, {"env_index": env_index})
+    def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not isinstance(name, str):
+            raise TypeError(f"the name to call must be a string, got {name!r}")
+        try:
+            return self._request(Request.CALL, {"name": name, "args": list(args), "kwargs": kwargs},
+                                 f"call({name!r})")
+        except EncodeError as exc:
+            raise TypeError(f"call({name!r}): the arguments cannot be sent: {exc.where(('args', 'kwargs'))}: "
+                            f"{exc.reason}; pass plain data (numbers, strings, arrays, lists, dicts)") from exc
+
+    def _set_attr(self, name: str, values: Any) -> None:
+        try:
+            self._request(Request.SET_ATTR, {"name": name, "values": values}, f"set_attr({name!r})")
+        except EncodeError as exc:
+            raise TypeError(f"set_attr({name!r}): the value cannot be sent: {exc.reason}; "
+                            "pass plain data (numbers, strings, arrays, lists, dicts)") from exc
 
     def __repr__(self) -> str:
         state = "closed" if self._connection is None else self._connection.address
@@ -173,6 +195,35 @@ class RemoteEnvBase(_RemoteClient[ValueT, ActionT]):
         """Step the remote env; an action outside the action space raises ``ValueError``."""
         return self._step(action)
 
+    def render(self, *, env_index: int = 0) -> Any:
+        """Render a frame (``env_index`` is accepted for symmetry with vector clients and ignored)."""
+        return self._request(Request.RENDER, {"env_index": env_index}, "render()")
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call method ``name`` of the served env on the server (or read the attribute).
+
+        Arguments and the result travel through the codec: plain data only, nothing is pickled.
+        Names starting with ``_`` are refused, and a server started with ``allow_calls=False``
+        refuses every call (``PermissionError``); a missing attribute raises ``AttributeError``.
+        """
+        return self._call(name, args, kwargs)
+
+    def get_attr(self, name: str) -> Any:
+        """Attribute ``name`` of the served env (``call(name)``: a method is called, as in Gymnasium)."""
+        return self._call(name, (), {})
+
+    def set_attr(self, name: str, value: Any) -> None:
+        """Set attribute ``name`` of the served env (through its wrappers, as ``set_wrapper_attr``)."""
+        self._set_attr(name, value)
+
+    def get_wrapper_attr(self, name: str) -> Any:
+        """Gymnasium's ``Env.get_wrapper_attr``: this client's attribute if it has one (spaces,
+        metadata, ...), else the served env's (:meth:`get_attr`)."""
+        try:
+            return getattr(self, name)
+        except AttributeError:
+            return self.get_attr(name)
+
 
 class RemoteVectorEnvBase(_RemoteClient[ValueT, ActionT], VectorEnvSurface):
     """Client for a remote vector environment, with Gymnasium 1.x vector semantics.
@@ -195,6 +246,87 @@ class RemoteVectorEnvBase(_RemoteClient[ValueT, ActionT], VectorEnvSurface):
         """Step every env with a batch of actions (an array or a list with one per env)."""
         return self._step(actions)
 
+    def step_async(self, actions: ActionT) -> None:
+        """Send the actions without waiting; :meth:`step_wait` collects the step.
+
+        Between the two the caller computes (e.g. the policy's next forward pass) while the
+        server steps. Any other call before :meth:`step_wait` raises ``AlreadyPendingCallError``.
+        """
+        self._start("step", Request.STEP, actions)
+
+    def step_wait(self, timeout: float | None = None) -> tuple[ValueT, ValueT, ValueT, ValueT, dict[str, Any]]:
+        """Collect the :meth:`step_async` call: Gymnasium's step tuple.
+
+        ``timeout`` (seconds) bounds this wait only: when it passes, ``TimeoutError`` is raised
+        and the step stays under way, so a later ``step_wait()`` still collects it. ``None``
+        waits as :meth:`step` does (up to ``request_timeout``, if one was set).
+        """
+        obs, reward, terminated, truncated, info = self._collect("step", timeout)
+        return obs, reward, terminated, truncated, info
+
+    def reset_async(self, seed: int | list[int] | None = None, options: dict[str, object] | None = None) -> None:
+        """Send :meth:`reset` without waiting; :meth:`reset_wait` collects it."""
+        self._start("reset", Request.RESET, {"seed": seed, "options": options})
+
+    def reset_wait(self, timeout: float | None = None) -> tuple[ValueT, dict[str, Any]]:
+        """Collect the :meth:`reset_async` call; ``timeout`` as for :meth:`step_wait`."""
+        obs, info = self._collect("reset", timeout)
+        return obs, info
+
+    def render(self, *, env_index: int | None = None) -> Any:
+        """Every lane's frame as a tuple, as Gymnasium's ``VectorEnv.render()``; with
+        ``env_index``, that lane's frame only."""
+        return self._request(Request.RENDER, {"env_index": env_index}, "render()")
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        """Call method ``name`` of every lane's env on the server (or read the attribute):
+        a tuple with one result per lane, as Gymnasium's ``VectorEnv.call``.
+
+        Arguments and results travel through the codec: plain data only, nothing is pickled.
+        Names starting with ``_`` are refused, and a server started with ``allow_calls=False``
+        refuses every call (``PermissionError``); a missing attribute raises ``AttributeError``.
+        """
+        return tuple(self._call(name, args, kwargs))
+
+    def get_attr(self, name: str) -> tuple[Any, ...]:
+        """Attribute ``name`` of every lane's env (``call(name)``, as in Gymnasium)."""
+        return tuple(self._call(name, (), {}))
+
+    def set_attr(self, name: str, values: Any) -> None:
+        """Set attribute ``name`` on every lane: ``values[i]`` on lane ``i`` (a list or tuple with
+        one value per lane), or the same value everywhere."""
+        n = self.num_envs
+        if not isinstance(values, (list, tuple)):
+            values = [values] * n
+        elif len(values) != n:
+            raise ValueError(f"got {len(values)} values for {n} lanes; give one per lane, or one value "
+                             "that is not a list or tuple for all of them")
+        self._set_attr(name, list(values))
+
+    def _start(self, name: str, kind: str, payload: Any) -> None:
+        self._pending.check_idle(f"{name}_async()")
+        self._pending.start(name, self._live().send(kind, payload))
+
+    def _collect(self, name: str, timeout: float | None) -> Any:
+        request_id = self._pending.expect(name)
+        connection = self._live()
+        try:
+            if timeout is None:
+                result = connection.receive(request_id)
+            else:
+                done, result = connection.wait_reply(request_id, check_timeout("timeout", timeout))
+                if not done:
+                    raise _StillWaiting(f"{name}_wait(): no reply from {connection.address} within "
+                                        f"{timeout:g} s; the {name} is still under way: call "
+                                        f"{name}_wait() again to keep waiting")
+        except _StillWaiting:
+            raise
+        except BaseException:
+            self._pending.finish()
+            raise
+        self._pending.finish()
+        return result
+
     @classmethod
     def from_endpoints(cls, endpoints: Sequence[str | int], **kwargs: Any) -> Any:
         """One vector env over the lanes of many endpoints (single or vector env servers).
@@ -203,6 +335,10 @@ class RemoteVectorEnvBase(_RemoteClient[ValueT, ActionT], VectorEnvSurface):
         arguments are its own (``autoreset_mode``, timeouts, ``owned``).
         """
         return cls._multi_endpoint_class(endpoints, **kwargs)
+
+
+class _StillWaiting(TimeoutError):
+    """A ``*_wait(timeout)`` ran out of time; the call stays under way."""
 
 
 class RemoteEnv(RemoteEnvBase[Any, Any]):

@@ -197,6 +197,23 @@ class Connection:
             if done:
                 return result
 
+    def wait_reply(self, request_id: int, timeout: float) -> tuple[bool, Any]:
+        """Wait up to ``timeout`` seconds: ``(True, payload)`` once the reply is in, else
+        ``(False, None)``. Unlike :meth:`receive`, running out of time leaves the connection
+        usable and the request answerable: waiting again later still gets its reply."""
+        deadline = time.monotonic() + check_timeout("timeout", timeout)
+        socket = self._socket
+        while True:
+            slice_ms = max(0, min(RECEIVE_SLICE_MS, int((deadline - time.monotonic()) * 1000) + 1))
+            if socket.poll(slice_ms):
+                done, value = self.poll_reply(request_id)
+                if done:
+                    return True, value
+            else:
+                self._check_monitor(False)
+            if time.monotonic() >= deadline:
+                return False, None
+
     def poll_reply(self, request_id: int, *, block: bool = False) -> tuple[bool, Any]:
         """Read what has arrived: ``(True, payload)`` once the reply to ``request_id`` is in,
         else ``(False, None)``; an error reply raises its exception. ``block`` waits up to one
@@ -276,6 +293,10 @@ class Connection:
             return VersionMismatchError(message)
         if kind == ErrorKind.NOT_ATTACHED:
             return ConnectionError(message)
+        if kind == ErrorKind.REFUSED:
+            return PermissionError(message)
+        if kind == ErrorKind.NO_ATTRIBUTE:
+            return AttributeError(message)
         return ProtocolError(message)
 
     # --- heartbeats and closing -----------------------------------------------------------------

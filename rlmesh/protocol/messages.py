@@ -66,6 +66,8 @@ class Request:
     RESET: Final = "reset"
     STEP: Final = "step"
     RENDER: Final = "render"
+    CALL: Final = "call"  # a method or attribute of the env (of every lane of a vector env)
+    SET_ATTR: Final = "set_attr"
     CLOSE: Final = "close"
     HEARTBEAT: Final = "heartbeat"  # one-way, never answered
     PREDICT: Final = "predict"  # model endpoints only
@@ -90,6 +92,8 @@ class ErrorKind:
     VERSION: Final = "version"
     BUSY: Final = "busy"
     NOT_ATTACHED: Final = "not_attached"
+    REFUSED: Final = "refused"  # the server does not allow this call (allow_calls, a private name)
+    NO_ATTRIBUTE: Final = "no_attribute"  # the env has no attribute of the name asked for
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from rlmesh._version import __version__
 from rlmesh.errors import ProtocolError
 from rlmesh.protocol.endpoint import DEFAULT_BUSY_POLL, Endpoint, ErrorReply
 from rlmesh.protocol.messages import EnvContract, ErrorKind, Request
+from rlmesh.server.calls import run_call, run_set_attr
 from rlmesh.wire import codec
 from rlmesh.wire.spaces import SpaceSpec
 
@@ -124,6 +125,9 @@ class EnvServer(Endpoint):
             session's requests run on a thread of its own, so a slow env (or one that waits on
             I/O, or on native code that releases the GIL) stalls only its own client; pure
             Python env code still takes turns on the GIL.
+        allow_calls: Answer clients' ``call`` / ``get_attr`` / ``set_attr`` requests, which run
+            public methods of the env and set its attributes by name (names starting with
+            ``_`` are always refused). ``False`` refuses them all with a ``PermissionError``.
 
     A client past ``max_sessions`` gets a :class:`~rlmesh.errors.ServerBusyError` naming the
     limit until another closes or times out. A client that attached but never sent a request
@@ -146,7 +150,9 @@ class EnvServer(Endpoint):
         authorized_keys: str | os.PathLike[str] | None = None,
         insecure: bool = False,
         max_sessions: int | None = None,
+        allow_calls: bool = True,
     ) -> None:
+        self.allow_calls = allow_calls
         self._factory: Callable[[], Any] | None = env if _is_factory(env) else None
         if max_sessions is None:
             max_sessions = 1 if self._factory is None else DEFAULT_MAX_SESSIONS
@@ -207,7 +213,15 @@ class EnvServer(Endpoint):
             obs, info = env.reset(seed=seed, options=options)
             return [obs, info]
         if kind == Request.RENDER:
-            return self._render(env, int((payload or {}).get("env_index", 0)))
+            index = (payload or {}).get("env_index", 0)
+            return self._render(env, None if index is None else int(index))
+        if kind in (Request.CALL, Request.SET_ATTR):
+            if not self.allow_calls:
+                raise ErrorReply(ErrorKind.REFUSED, f"the env server at {self.address} does not allow "
+                                 "call/get_attr/set_attr (allow_calls=False); serve it with allow_calls=True")
+            if kind == Request.CALL:
+                return run_call(env, self._vector, payload)
+            return run_set_attr(env, self._vector, self.contract.num_envs, payload)
         raise ProtocolError(f"unknown request kind {kind!r} for an env endpoint")
 
     def _step(self, env: Any, action: Any) -> Any:
@@ -219,13 +233,18 @@ class EnvServer(Endpoint):
         obs, reward, terminated, truncated, info = env.step(action)
         return [obs, reward, terminated, truncated, info]
 
-    def _render(self, env: Any, env_index: int) -> Any:
+    def _render(self, env: Any, env_index: int | None) -> Any:
         if not self._vector:
             return env.render()
+        sub_envs = getattr(env, "envs", None)
+        if env_index is None:  # every lane's frame, as Gymnasium's VectorEnv.render() returns them
+            if sub_envs is not None:
+                return tuple(sub.render() for sub in sub_envs)
+            frames = env.render()
+            return None if frames is None else tuple(frames)
         if not 0 <= env_index < self.contract.num_envs:
             raise ErrorReply(ErrorKind.INVALID_ACTION,
                               f"env_index {env_index} out of range for {self.contract.num_envs} envs")
-        sub_envs = getattr(env, "envs", None)
         if sub_envs is not None:
             return sub_envs[env_index].render()
         frames = env.render()

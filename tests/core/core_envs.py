@@ -253,9 +253,69 @@ class BareVectorEnv:
         pass
 
 
+class TunableEnv(gym.Env[Any, int]):
+    """Public knobs for call/get_attr/set_attr: the reward is ``difficulty``, a step sleeps
+    ``delay`` seconds, ``scaled`` echoes arrays; ``_secret`` must stay out of reach."""
+
+    # 32 fps: moviepy (behind Gymnasium's RecordVideo) sums 1/fps per frame in floats and can
+    # drop the last frame; with a power of two the sum is exact and frame counts can be checked.
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 32}
+
+    def __init__(self, difficulty: float = 1.0, delay: float = 0.0, episode_steps: int = 0,
+                 render_mode: str | None = None) -> None:
+        self.observation_space = spaces.Box(-np.inf, np.inf, (2,), np.float32)
+        self.action_space = spaces.Discrete(3)
+        self.render_mode = render_mode
+        self.difficulty = difficulty
+        self.delay = delay
+        self.episode_steps = episode_steps  # > 0: the episode ends (terminated) after that many steps
+        self.steps = 0
+        self._secret = "hidden"
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        super().reset(seed=seed)
+        self.steps = 0
+        return np.array([self.difficulty, 0.0], np.float32), {"difficulty": self.difficulty}
+
+    def step(self, action: int) -> Any:
+        if self.delay:
+            time.sleep(self.delay)
+        self.steps += 1
+        terminated = 0 < self.episode_steps <= self.steps
+        return (np.array([self.difficulty, self.steps], np.float32), float(self.difficulty), terminated,
+                False, {"action": int(action)})
+
+    def render(self) -> Any:
+        frame = np.zeros((8, 10, 3), np.uint8)
+        frame[..., 0] = min(self.steps, 255)
+        frame[..., 1] = int(self.difficulty) % 256
+        return frame
+
+    def scaled(self, values: Any, factor: float = 2.0) -> Any:
+        return np.asarray(values) * factor
+
+    def describe(self) -> dict[str, Any]:
+        return {"difficulty": self.difficulty, "tag": "tunable"}
+
+    def unsendable(self) -> Any:
+        return object()
+
+    def boom(self) -> None:
+        raise RuntimeError("boom on purpose")
+
+
+def tunable_vec(num_envs: int = 3, mode: str = "sync", autoreset: str = "NextStep", **kwargs: Any) -> Any:
+    """Lane ``i`` has difficulty ``i``."""
+    makers = [lambda i=i: TunableEnv(difficulty=float(i), **kwargs) for i in range(num_envs)]
+    vector = gym.vector.AsyncVectorEnv if mode == "async" else gym.vector.SyncVectorEnv
+    return vector(makers, autoreset_mode=gym.vector.AutoresetMode(autoreset))
+
+
 def cartpole_vec(num_envs: int = 3, mode: str = "sync", autoreset: str = "NextStep",
-                 render_mode: str | None = None) -> Any:
+                 render_mode: str | None = None, max_episode_steps: int | None = None) -> Any:
     kwargs: dict[str, Any] = {"render_mode": render_mode} if render_mode else {}
+    if max_episode_steps is not None:
+        kwargs["max_episode_steps"] = max_episode_steps
     return gym.make_vec("CartPole-v1", num_envs=num_envs, vectorization_mode=mode,
                         vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode(autoreset)}, **kwargs)
 
@@ -282,6 +342,10 @@ def make(name: str, **kwargs: Any) -> Any:
         return ImageEnv(**kwargs)
     if name == "unsendable_info":
         return UnsendableInfoEnv()
+    if name == "tunable":
+        return TunableEnv(**kwargs)
+    if name == "tunable_vec":
+        return tunable_vec(**kwargs)
     if name == "bare_vector":
         return BareVectorEnv(**kwargs)
     raise KeyError(f"no test env called {name!r}")
