@@ -83,7 +83,9 @@ def spread_vector_env(source: str, num_envs: int, *, per_endpoint: int = 8, runt
         addresses = [session.address for session in sessions]
         for session in sessions:
             session.client.close()  # detach: the multi-endpoint env attaches its own connections
-        env = env_class(addresses, autoreset_mode=autoreset_mode, owned=sessions)
+        # Each endpoint has keys of its own: attach with those its session made.
+        env = env_class(addresses, autoreset_mode=autoreset_mode, owned=sessions,
+                        server_key=[session.client_keys for session in sessions])
     except BaseException:
         for session in sessions:
             session.close()

@@ -7,11 +7,17 @@ would return: seeds spread as ``seed + lane``, infos merged into Gymnasium's ``i
 arrays with ``info["_key"]`` masks, and single-env endpoints autoreset exactly as
 ``gymnasium.vector.SyncVectorEnv`` resets its sub-envs.
 
+Besides Gymnasium's synchronous and async calls (``step_async`` / ``step_wait``), lanes can
+run on their own, EnvPool style: :meth:`~MultiEndpointVectorEnvBase.send` actions to some lanes,
+:meth:`~MultiEndpointVectorEnvBase.recv` whichever lanes are done, so a slow endpoint does not
+hold up the others.
+
 The lanes are combined as NumPy arrays (Gymnasium's vector layout), so this needs the
 ``gymnasium`` extra whatever the backend; the backend only decides what the caller receives.
 
-Why one module of this size: lane bookkeeping, the concurrent gather and autoreset in three
-modes share per-lane state on every step; split, each part would reach into the others.
+Why one module of this size: lane bookkeeping, the concurrent gather, the lanes in flight and
+autoreset in three modes share per-lane state on every step; split, each part would reach into
+the others. Batch and info layout lives in :mod:`rlmesh.client.batches`.
 """
 
 from __future__ import annotations
@@ -20,20 +26,34 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, Union
 
 import zmq
 
 from rlmesh.backends import PLAIN, Backend
+from rlmesh.client.batches import (
+    add_batch_info,
+    add_lane_info,
+    concat,
+    is_numpy_int,
+    item,
+    leading,
+    numpy_backend,
+    rows,
+    take,
+    to_backend,
+    to_numpy,
+)
 from rlmesh.client.closing import Closeable
+from rlmesh.client.pending import PendingCall, already_pending, no_async_call
 from rlmesh.client.surface import Surface, VectorEnvSurface
 from rlmesh.errors import EnvironmentException
 from rlmesh.protocol.address import to_zmq_endpoint
 from rlmesh.protocol.connection import RECEIVE_SLICE_MS, Connection
+from rlmesh.protocol.keys import ClientKeys
 from rlmesh.protocol.messages import EnvContract, Request
-from rlmesh.wire.codec import ObjectArray
-from rlmesh.wire.tensor import Tensor
+from rlmesh.protocol.timeouts import check_timeout
 
 __all__ = ["MultiEndpointVectorEnvBase", "MultiEndpointVectorEnv", "AUTORESET_MODES"]
 
@@ -44,10 +64,23 @@ ActionT = TypeVar("ActionT")
 
 #: Gymnasium's autoreset modes, by their wire names.
 AUTORESET_MODES = ("NextStep", "SameStep", "Disabled")
+_FRESH_RESET: dict[str, Any] = {"seed": None, "options": None}
 
 
 class _HasClose(Protocol):
     def close(self) -> None: ...
+
+
+@dataclass
+class _Flight:
+    """A request sent to an endpoint by :meth:`send` or :meth:`async_reset`, not received yet."""
+
+    kind: str
+    request_id: int
+    reply: Any = None
+    done: bool = False
+    #: SameStep autoreset of a single-env lane: its final step's reply while its reset runs.
+    final_step: Any = None
 
 
 @dataclass
@@ -58,6 +91,7 @@ class _Endpoint:
     size: int
     #: The endpoint's latest observations as a NumPy batch (a single env's as a batch of one).
     obs: Any = None
+    flight: _Flight | None = None
 
     @property
     def vector(self) -> bool:
@@ -68,16 +102,49 @@ class _Endpoint:
         return self.connection.address
 
     @property
+    def lanes(self) -> range:
+        return range(self.start, self.start + self.size)
+
+    @property
     def name(self) -> str:
-        last = self.start + self.size - 1
-        lanes = f"lane {self.start}" if self.size == 1 else f"lanes {self.start}-{last}"
-        return f"endpoint {self.address} ({lanes})"
+        return f"endpoint {self.address} ({_describe_lanes(self.lanes)})"
 
 
-def _numpy_backend() -> Backend:
-    from rlmesh.backends.numpy import BACKEND
+@dataclass
+class _Round:
+    """Requests sent together (at most one per endpoint) and the replies gathered so far."""
 
-    return BACKEND
+    requests: list[tuple[_Endpoint, str, Any]]
+    ids: list[int] = field(default_factory=list)
+    results: list[Any] = field(default_factory=list)
+    waiting: list[int] = field(default_factory=list)
+    state: Any = None  # what the caller needs to finish the call (e.g. a reset mask)
+
+
+@dataclass
+class _Outcome:
+    """What one endpoint's lanes returned for a step (or an autoreset in its place)."""
+
+    endpoint: _Endpoint
+    rewards: Any
+    terminations: Any
+    truncations: Any
+    infos: list[Any]  # merged in order: a SameStep lane's final step first, then its reset
+
+
+#: A server's public certificate, or keys loaded already (:class:`~rlmesh.protocol.keys.ClientKeys`).
+EndpointKey = Union[str, "os.PathLike[str]", ClientKeys, None]
+
+
+def _per_endpoint(value: Any, count: int, name: str) -> list[Any]:
+    """One key for every endpoint, or a list of one per endpoint."""
+    if value is None or isinstance(value, (str, os.PathLike, ClientKeys)):
+        return [value] * count
+    values = list(value)
+    if len(values) != count:
+        raise ValueError(f"{name}: give one key for all endpoints or one per endpoint ({count}), "
+                         f"got {len(values)}")
+    return values
 
 
 def _mode_name(mode: Any) -> str:
@@ -98,13 +165,19 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
         autoreset_mode: Wanted mode (name or ``gymnasium.vector.AutoresetMode``). Vector
             endpoints must all report this mode; single-env endpoints are autoreset in it.
             Default: the vector endpoints' common mode, else ``"NextStep"``.
-        connect_timeout, request_timeout, heartbeat_interval, server_key, client_key: As for
-            :class:`~rlmesh.client.RemoteEnvBase`, per endpoint (one key pair for all of them).
+        connect_timeout, request_timeout, heartbeat_interval: As for
+            :class:`~rlmesh.client.RemoteEnvBase`, per endpoint.
+        server_key, client_key: As for :class:`~rlmesh.client.RemoteEnvBase`: one pair for all
+            endpoints, or a list of one per endpoint (servers with keys of their own).
         owned: Objects closed after the connections when this env closes (e.g. the sandbox
             sessions that run the endpoints).
 
     A failing endpoint (an error reply, a dead server, a timeout) raises the error with that
     endpoint's address and lanes in the message, without waiting for the others.
+
+    Async lanes (opt-in, EnvPool style): :meth:`send` actions to some lanes and :meth:`recv`
+    whichever are done, their lane ids in ``info["env_id"]``. While lanes are in flight, the
+    synchronous calls (``step``, ``reset``, ``call``, ...) are refused; receive them first.
     """
 
     _backend: ClassVar[Backend] = PLAIN
@@ -118,12 +191,13 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
         request_timeout: float | None = None,
         heartbeat_interval: float | None = 2.0,
         owned: Sequence[_HasClose] = (),
-        server_key: str | os.PathLike[str] | None = None,
-        client_key: str | os.PathLike[str] | None = None,
+        server_key: EndpointKey | Sequence[EndpointKey] = None,
+        client_key: str | os.PathLike[str] | None | Sequence[str | os.PathLike[str] | None] = None,
     ) -> None:
         self._endpoints: list[_Endpoint] = []
         self._owned = list(owned)
         self._closed = False
+        self._pending = PendingCall()
         self.request_timeout = request_timeout
         if isinstance(endpoints, (str, int)) or not endpoints:
             self.close()
@@ -141,10 +215,12 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
 
     def _connect(self, endpoints: Sequence[str | int], connect_timeout: float,
                  request_timeout: float | None, heartbeat_interval: float | None,
-                 server_key: str | os.PathLike[str] | None, client_key: str | os.PathLike[str] | None) -> None:
-        decode = _numpy_backend()  # lanes are combined as NumPy arrays, whatever the backend
+                 server_key: Any, client_key: Any) -> None:
+        decode = numpy_backend()  # lanes are combined as NumPy arrays, whatever the backend
         start = 0
-        for address in endpoints:
+        server_keys = _per_endpoint(server_key, len(endpoints), "server_key")
+        client_keys = _per_endpoint(client_key, len(endpoints), "client_key")
+        for address, server_key, client_key in zip(endpoints, server_keys, client_keys):
             connection = Connection(to_zmq_endpoint(address), connect_timeout=connect_timeout,
                                     request_timeout=request_timeout,
                                     heartbeat_interval=heartbeat_interval,
@@ -221,7 +297,7 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
     @property
     def endpoint_lanes(self) -> dict[str, range]:
         """Which lanes each endpoint serves."""
-        return {e.address: range(e.start, e.start + e.size) for e in self._endpoints}
+        return {e.address: e.lanes for e in self._endpoints}
 
     @property
     def closed(self) -> bool:
@@ -235,14 +311,20 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
 
         ``options={"reset_mask": mask}`` resets only the lanes where ``mask`` is true.
         """
+        self.reset_async(seed=seed, options=options)
+        return self.reset_wait()
+
+    def reset_async(self, seed: int | Sequence[int | None] | None = None,
+                    options: dict[str, object] | None = None) -> None:
+        """Send :meth:`reset` to every endpoint without waiting; :meth:`reset_wait` collects it."""
         import numpy as np
 
-        self._live()
+        self._check_idle("reset_async()")
         seeds = self._lane_seeds(seed)
         options = dict(options) if options is not None else None
         mask = None
         if options is not None and "reset_mask" in options:
-            mask = np.asarray(_to_numpy(options.pop("reset_mask")))
+            mask = np.asarray(to_numpy(options.pop("reset_mask")))
             if mask.shape != (self._num_envs,) or mask.dtype != np.bool_ or not mask.any():
                 raise ValueError(f"options['reset_mask'] must be a bool array of shape ({self._num_envs},) "
                                  f"with at least one True; got {mask!r}")
@@ -251,24 +333,21 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
             lanes = slice(endpoint.start, endpoint.start + endpoint.size)
             if mask is not None and not mask[lanes].any():
                 continue  # as in SyncVectorEnv: unmasked lanes keep their observation
-            if endpoint.vector:
-                sent_options = options if mask is None else {**(options or {}), "reset_mask": mask[lanes]}
-                # An int seed stays an int (the endpoint spreads it over its lanes the same way),
-                # so vector envs that take no seed lists still get their usual seeding.
-                lane_seeds: Any = seeds[lanes]
-                if all(s is None for s in lane_seeds):
-                    lane_seeds = None
-                elif isinstance(seed, int) or _is_numpy_int(seed):
-                    lane_seeds = lane_seeds[0]
-                payload: dict[str, Any] = {"seed": lane_seeds, "options": sent_options}
-            else:
-                payload = {"seed": seeds[endpoint.start], "options": options}
-            requests.append((endpoint, Request.RESET, payload))
-        replies = self._gather(requests)
+            sent_options = options
+            if endpoint.vector and mask is not None:
+                sent_options = {**(options or {}), "reset_mask": mask[lanes]}
+            requests.append((endpoint, Request.RESET, self._reset_payload(endpoint, seeds, seed, sent_options)))
+        self._pending.start("reset", self._send(requests, state=mask))
+
+    def reset_wait(self, timeout: float | None = None) -> tuple[ValueT, dict[str, Any]]:
+        """Collect the :meth:`reset_async` call; see :meth:`step_wait` for ``timeout``."""
+        sent: _Round = self._pending.expect("reset")
+        self._wait_pending(sent, timeout, "reset")
+        mask = sent.state
         infos: dict[str, Any] = {}
-        for (endpoint, _, _), (obs, info) in zip(requests, replies):
+        for (endpoint, _, _), (obs, info) in zip(sent.requests, sent.results):
             self._store(endpoint, obs)
-            self._merge_info(infos, endpoint, info)
+            self._merge_info(infos, endpoint, info, endpoint.start, self._num_envs)
         if mask is None:
             self._autoreset[:] = False
         else:
@@ -277,75 +356,185 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
 
     def step(self, actions: ActionT) -> tuple[ValueT, ValueT, ValueT, ValueT, dict[str, Any]]:
         """Step every lane with a batch of actions (an array, or a list with one per lane)."""
+        self.step_async(actions)
+        return self.step_wait()
+
+    def step_async(self, actions: ActionT) -> None:
+        """Send the actions to every endpoint without waiting; :meth:`step_wait` collects them.
+
+        Between the two, the caller computes (e.g. the policy's next forward pass) while the
+        endpoints step. Any other call before :meth:`step_wait` raises ``AlreadyPendingCallError``.
+        """
+        self._check_idle("step_async()")
+        parts = self._split_actions(actions)
+        requests = [(endpoint, *self._step_request(endpoint, action))
+                    for endpoint, action in zip(self._endpoints, parts)]
+        self._pending.start("step", self._send(requests))
+
+    def step_wait(self, timeout: float | None = None) -> tuple[ValueT, ValueT, ValueT, ValueT, dict[str, Any]]:
+        """Collect the :meth:`step_async` call: Gymnasium's step tuple over all lanes.
+
+        ``timeout`` (seconds) bounds this wait only: when it passes, ``TimeoutError`` is raised
+        and the step stays under way, so a later ``step_wait()`` still collects it. ``None``
+        waits as :meth:`step` does (up to ``request_timeout``, if one was set).
+        """
         import numpy as np
 
-        self._live()
-        parts = self._split_actions(actions)
-        requests: list[tuple[_Endpoint, str, Any]] = []
-        for endpoint, action in zip(self._endpoints, parts):
-            ended = not endpoint.vector and self._autoreset[endpoint.start]
-            if ended and self.autoreset_mode == "NextStep":
-                requests.append((endpoint, Request.RESET, {"seed": None, "options": None}))
-            elif ended and self.autoreset_mode == "Disabled":
-                raise ValueError(f"lane {endpoint.start} ({endpoint.address}) ended and autoreset is "
-                                 "disabled; reset it with reset(options={'reset_mask': mask}) first")
-            else:
-                requests.append((endpoint, Request.STEP, action))
-        replies = self._gather(requests)
-
-        rewards: list[Any] = []
-        terminations: list[Any] = []
-        truncations: list[Any] = []
-        lane_infos: list[tuple[_Endpoint, Any]] = []
+        sent: _Round = self._pending.expect("step")
+        self._wait_pending(sent, timeout, "step")
+        outcomes: list[_Outcome] = []
         resets: list[tuple[_Endpoint, str, Any]] = []
-        for (endpoint, kind, _), reply in zip(requests, replies):
-            if kind == Request.RESET:  # NextStep autoreset of a single-env lane
-                obs, info = reply
-                reward, terminated, truncated = 0.0, False, False
+        finals: dict[int, tuple[_Outcome, Any, Any]] = {}
+        for (endpoint, kind, _), reply in zip(sent.requests, sent.results):
+            if self._needs_same_step_reset(endpoint, kind, reply):
+                outcome = _Outcome(endpoint, *_single_arrays(np, reply[1], reply[2], reply[3]), [])
+                finals[endpoint.start] = (outcome, reply[0], reply[4])
+                resets.append((endpoint, Request.RESET, _FRESH_RESET))
             else:
-                obs, reward, terminated, truncated, info = reply
-            self._store(endpoint, obs)
-            if endpoint.vector:
-                rewards.append(reward)
-                terminations.append(terminated)
-                truncations.append(truncated)
-                lane_infos.append((endpoint, info))
-                continue
-            rewards.append(np.array([reward], dtype=np.float64))
-            terminations.append(np.array([terminated], dtype=np.bool_))
-            truncations.append(np.array([truncated], dtype=np.bool_))
-            if self.autoreset_mode == "SameStep" and (terminated or truncated):
-                lane_infos.append((endpoint, {"final_obs": obs, "final_info": info}))
-                resets.append((endpoint, Request.RESET, {"seed": None, "options": None}))
-            else:
-                lane_infos.append((endpoint, info))
+                outcome = self._outcome(endpoint, kind, reply)
+            outcomes.append(outcome)
+        if resets:
+            for (endpoint, _, _), reset_reply in zip(resets, self._gather(resets)):
+                outcome, final_obs, final_info = finals[endpoint.start]
+                self._finish_same_step(outcome, final_obs, final_info, reset_reply)
+        obs, rewards, terminations, truncations, infos = self._assemble(outcomes)
+        return obs, rewards, terminations, truncations, infos
 
-        reset_infos: dict[int, Any] = {}
-        for (endpoint, _, _), (obs, info) in zip(resets, self._gather(resets) if resets else ()):
-            self._store(endpoint, obs)
-            reset_infos[endpoint.start] = info
-        infos: dict[str, Any] = {}
-        for endpoint, info in lane_infos:
-            self._merge_info(infos, endpoint, info)
-            if endpoint.start in reset_infos and not endpoint.vector:
-                self._merge_info(infos, endpoint, reset_infos.pop(endpoint.start))
-
-        reward_batch = np.concatenate(rewards)
-        terminated_batch = np.concatenate(terminations)
-        truncated_batch = np.concatenate(truncations)
-        self._autoreset = np.logical_or(terminated_batch, truncated_batch)
-        return (self._convert(self._observations()), self._convert(reward_batch),
-                self._convert(terminated_batch), self._convert(truncated_batch), self._convert(infos))
-
-    def render(self, *, env_index: int = 0) -> Any:
-        """Render the frame of lane ``env_index`` (on whichever endpoint serves it)."""
-        self._live()
+    def render(self, *, env_index: int | None = None) -> Any:
+        """Every lane's frame as a tuple (as Gymnasium's ``VectorEnv.render()``), or lane ``env_index``'s."""
+        self._check_idle("render()")
+        if env_index is None:
+            requests = [(e, Request.RENDER, {"env_index": None} if e.vector else {}) for e in self._endpoints]
+            frames = self._per_lane(requests, self._gather(requests))
+            return self._convert(frames)
         if not 0 <= env_index < self._num_envs:
             raise ValueError(f"env_index {env_index} out of range for {self._num_envs} lanes")
-        endpoint = next(e for e in self._endpoints if e.start <= env_index < e.start + e.size)
+        endpoint = self._endpoint_of(env_index)
         local = env_index - endpoint.start if endpoint.vector else 0
         (frame,) = self._gather([(endpoint, Request.RENDER, {"env_index": local})])
         return self._convert(frame)
+
+    # --- calls by name --------------------------------------------------------------------------
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        """Call method ``name`` of every lane's env (or read the attribute): one result per lane.
+
+        Runs on the servers, against each sub-env, as Gymnasium's ``VectorEnv.call`` does.
+        Arguments and results travel through the codec (plain data only; nothing is pickled).
+        """
+        self._check_idle(f"call({name!r})")
+        payload = {"name": name, "args": list(args), "kwargs": kwargs}
+        requests = [(e, Request.CALL, payload) for e in self._endpoints]
+        return self._convert(self._per_lane(requests, self._gather(requests)))  # type: ignore[no-any-return]
+
+    def get_attr(self, name: str) -> tuple[Any, ...]:
+        """Attribute ``name`` of every lane's env (``call(name)``, as in Gymnasium)."""
+        return self.call(name)
+
+    def set_attr(self, name: str, values: Any) -> None:
+        """Set attribute ``name`` on every lane: ``values[i]`` on lane ``i`` (a list or tuple with
+        one value per lane), or the same value everywhere."""
+        self._check_idle(f"set_attr({name!r})")
+        values = _per_lane_values(values, self._num_envs)
+        requests = [(e, Request.SET_ATTR, {"name": name, "values": list(values[e.start:e.start + e.size])
+                                           if e.vector else values[e.start]}) for e in self._endpoints]
+        self._gather(requests)
+
+    # --- async lanes (EnvPool style) ------------------------------------------------------------
+
+    def send(self, actions: ActionT, lane_ids: Sequence[int] | None = None) -> None:
+        """Step the lanes ``lane_ids`` (default: all) without waiting; :meth:`recv` collects them.
+
+        ``actions`` holds one action per lane id, in the order of ``lane_ids``. The lanes of one
+        vector endpoint step together, so ``lane_ids`` must name all of them or none. A lane
+        that finished is autoreset as the env's autoreset mode says: in ``NextStep`` its next
+        send resets it (the action is ignored and ``recv`` reports reward 0), as EnvPool does.
+        """
+        self._check_no_call("send()")
+        endpoints, row_of = self._select(lane_ids, "send()")
+        actions = to_numpy(actions)
+        count = len(row_of)
+        if isinstance(actions, list):
+            if len(actions) != count:
+                raise ValueError(f"got {len(actions)} actions for {count} lanes; give one per lane id")
+        elif leading(self._gym_single_action, actions) != count:
+            raise ValueError(f"the action batch holds {leading(self._gym_single_action, actions)} actions "
+                             f"for {count} lanes; give one per lane id")
+        requests = []
+        for endpoint in endpoints:
+            indices = [row_of[lane] for lane in endpoint.lanes]
+            if isinstance(actions, list):
+                action: Any = [actions[i] for i in indices] if endpoint.vector else actions[indices[0]]
+            elif endpoint.vector:
+                action = rows(self._gym_single_action, actions, indices)
+            else:
+                action = item(self._gym_single_action, actions, indices[0])
+            requests.append((endpoint, *self._step_request(endpoint, action)))
+        self._fly(requests)
+
+    def async_reset(self, *, seed: int | Sequence[int | None] | None = None,
+                    options: dict[str, object] | None = None, lane_ids: Sequence[int] | None = None) -> None:
+        """Reset the lanes ``lane_ids`` (default: all) without waiting; :meth:`recv` collects them.
+
+        ``seed`` is an int (lane ``i`` gets ``seed + i``, as in :meth:`reset`) or one seed per
+        lane id. Lanes of one vector endpoint reset together.
+        """
+        self._check_no_call("async_reset()")
+        if options is not None and "reset_mask" in options:
+            raise ValueError("async_reset() picks lanes with lane_ids, not options['reset_mask']")
+        endpoints, row_of = self._select(lane_ids, "async_reset()")
+        if seed is None or isinstance(seed, int) or is_numpy_int(seed):
+            seeds = self._lane_seeds(seed)
+        else:
+            given = list(seed)
+            if len(given) != len(row_of):
+                raise ValueError(f"got {len(given)} seeds for {len(row_of)} lanes; give one per lane id, or one int")
+            seeds = [None] * self._num_envs
+            for lane, row in row_of.items():
+                seeds[lane] = None if given[row] is None else int(given[row])  # type: ignore[arg-type]
+        self._fly([(e, Request.RESET, self._reset_payload(e, seeds, seed, options)) for e in endpoints])
+
+    def recv(self, min_lanes: int = 1, timeout: float | None = None) -> tuple[ValueT, ValueT, ValueT, ValueT, dict[str, Any]]:
+        """Results of lanes sent with :meth:`send` / :meth:`async_reset`: at least ``min_lanes``.
+
+        Returns Gymnasium's step tuple over the lanes that are done (all that are, once
+        ``min_lanes`` are), in lane order, with their lane ids in ``info["env_id"]``. A reset
+        lane reports reward 0 and neither terminated nor truncated. ``timeout`` (seconds) bounds
+        the wait: when it passes, ``TimeoutError`` is raised and every lane stays in flight.
+        ``None`` waits as long as the servers live (up to ``request_timeout``, if one was set).
+        """
+        import numpy as np
+
+        self._check_no_call("recv()")
+        flying = [e for e in self._endpoints if e.flight is not None]
+        if not flying:
+            raise no_async_call("recv() without lanes in flight; send() actions or async_reset() first", "recv")
+        in_flight = sum(e.size for e in flying)
+        if isinstance(min_lanes, bool) or not isinstance(min_lanes, int) or not 1 <= min_lanes <= in_flight:
+            raise ValueError(f"min_lanes must be between 1 and the {in_flight} lanes in flight, got {min_lanes!r}")
+        self._wait_lanes(flying, min_lanes, timeout)
+        outcomes: list[_Outcome] = []
+        for endpoint in flying:
+            flight = endpoint.flight
+            if flight is None or not flight.done:
+                continue
+            endpoint.flight = None
+            if flight.final_step is not None:
+                obs, reward, terminated, truncated, info = flight.final_step
+                outcome = _Outcome(endpoint, *_single_arrays(np, reward, terminated, truncated), [])
+                self._finish_same_step(outcome, obs, info, flight.reply)
+            else:
+                outcome = self._outcome(endpoint, flight.kind, flight.reply)
+            outcomes.append(outcome)
+        observations, rewards, terminations, truncations, infos = self._assemble(outcomes, convert=False)
+        infos["env_id"] = np.array([lane for o in outcomes for lane in o.endpoint.lanes], dtype=np.int32)
+        return (self._convert(observations), self._convert(rewards), self._convert(terminations),
+                self._convert(truncations), self._convert(infos))
+
+    @property
+    def lanes_in_flight(self) -> list[int]:
+        """Lanes sent with :meth:`send` or :meth:`async_reset` and not received yet."""
+        return [lane for e in self._endpoints if e.flight is not None for lane in e.lanes]
 
     def close(self, **kwargs: Any) -> None:
         """Detach from every endpoint, then close what this env owns. Idempotent."""
@@ -355,9 +544,9 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
         errors: list[BaseException] = []
         for endpoint in endpoints:
             endpoint.connection.close()
-        for item in owned:
+        for thing in owned:
             try:
-                item.close()
+                thing.close()
             except Exception as exc:  # close the rest first, then report
                 errors.append(exc)
         if errors:
@@ -367,38 +556,159 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
         state = "closed" if self._closed else f"{getattr(self, '_num_envs', 0)} lanes on {len(self._endpoints)} endpoints"
         return f"<{type(self).__name__} {state}>"
 
-    # --- internals ------------------------------------------------------------------------------
+    # --- internals: state checks ----------------------------------------------------------------
 
     def _live(self) -> None:
         if self._closed:
             raise ConnectionError("this multi-endpoint vector env is closed; create a new one")
 
+    def _check_no_call(self, doing: str) -> None:
+        """Refuse while a Gymnasium async call (step_async, reset_async) is under way."""
+        self._live()
+        self._pending.check_idle(doing)
+
+    def _check_idle(self, doing: str) -> None:
+        """Refuse while any call is under way, or lanes are in flight."""
+        self._check_no_call(doing)
+        flying = self.lanes_in_flight
+        if flying:
+            raise already_pending(f"cannot {doing} while {_describe_lanes(flying)} are in flight (sent with "
+                                  "send() or async_reset()); collect them with recv() first", "recv")
+
+    # --- internals: requests --------------------------------------------------------------------
+
     def _lane_seeds(self, seed: int | Sequence[int | None] | None) -> list[int | None]:
         n = self._num_envs
         if seed is None:
             return [None] * n
-        if isinstance(seed, int) or _is_numpy_int(seed):
+        if isinstance(seed, int) or is_numpy_int(seed):
             return [int(seed) + lane for lane in range(n)]  # type: ignore[arg-type]
         seeds = [None if s is None else int(s) for s in seed]
         if len(seeds) != n:
             raise ValueError(f"got {len(seeds)} seeds for {n} lanes; give one seed per lane, or one int")
         return seeds
 
+    def _reset_payload(self, endpoint: _Endpoint, seeds: list[int | None], seed: Any,
+                       options: dict[str, object] | None) -> dict[str, Any]:
+        if not endpoint.vector:
+            return {"seed": seeds[endpoint.start], "options": options}
+        # An int seed stays an int (the endpoint spreads it over its lanes the same way), so
+        # vector envs that take no seed lists still get their usual seeding.
+        lane_seeds: Any = seeds[endpoint.start:endpoint.start + endpoint.size]
+        if all(s is None for s in lane_seeds):
+            lane_seeds = None
+        elif isinstance(seed, int) or is_numpy_int(seed):
+            lane_seeds = lane_seeds[0]
+        return {"seed": lane_seeds, "options": options}
+
+    def _step_request(self, endpoint: _Endpoint, action: Any) -> tuple[str, Any]:
+        """A step, or the reset that autoresets a finished single-env lane in its place."""
+        ended = not endpoint.vector and self._autoreset[endpoint.start]
+        if ended and self.autoreset_mode == "NextStep":
+            return Request.RESET, _FRESH_RESET
+        if ended and self.autoreset_mode == "Disabled":
+            raise ValueError(f"lane {endpoint.start} ({endpoint.address}) ended and autoreset is "
+                             "disabled; reset it with reset(options={'reset_mask': mask}) first")
+        return Request.STEP, action
+
     def _split_actions(self, actions: Any) -> list[Any]:
         n = self._num_envs
-        actions = _to_numpy(actions)
+        actions = to_numpy(actions)
         if isinstance(actions, list):  # one action per lane
             if len(actions) != n:
                 raise ValueError(f"got {len(actions)} actions for {n} lanes")
             return [actions[e.start: e.start + e.size] if e.vector else actions[e.start]
                     for e in self._endpoints]
         space = self._gym_single_action
-        leading = _leading(space, actions)
-        if leading != n:
-            raise ValueError(f"the action batch holds {leading} actions for {n} lanes; "
+        count = leading(space, actions)
+        if count != n:
+            raise ValueError(f"the action batch holds {count} actions for {n} lanes; "
                              f"it must fit the action space {self.action_space}")
-        return [_take(space, actions, e.start, e.start + e.size) if e.vector
-                else _item(space, actions, e.start) for e in self._endpoints]
+        return [take(space, actions, e.start, e.start + e.size) if e.vector
+                else item(space, actions, e.start) for e in self._endpoints]
+
+    def _endpoint_of(self, lane: int) -> _Endpoint:
+        return next(e for e in self._endpoints if e.start <= lane < e.start + e.size)
+
+    def _select(self, lane_ids: Sequence[int] | None, doing: str) -> tuple[list[_Endpoint], dict[int, int]]:
+        """The endpoints ``lane_ids`` cover (all of each), and each lane's row in the caller's batch."""
+        lanes = list(range(self._num_envs)) if lane_ids is None else [int(lane) for lane in to_numpy(lane_ids)]
+        row_of: dict[int, int] = {}
+        for row, lane in enumerate(lanes):
+            if not 0 <= lane < self._num_envs:
+                raise ValueError(f"lane id {lane} out of range for {self._num_envs} lanes")
+            if lane in row_of:
+                raise ValueError(f"lane id {lane} appears twice in lane_ids")
+            row_of[lane] = row
+        endpoints = [e for e in self._endpoints if any(lane in row_of for lane in e.lanes)]
+        for endpoint in endpoints:
+            missing = [lane for lane in endpoint.lanes if lane not in row_of]
+            if missing:
+                raise ValueError(f"{endpoint.name} steps its lanes together; {doing} must include "
+                                 f"all of them or none (missing {_describe_lanes(missing)})")
+            if endpoint.flight is not None:
+                raise already_pending(f"cannot {doing} to {endpoint.name}: its lanes are still in flight; "
+                                      "recv() them first", "recv")
+        return endpoints, row_of
+
+    def _needs_same_step_reset(self, endpoint: _Endpoint, kind: str, reply: Any) -> bool:
+        """A single-env lane that just finished, in SameStep mode: it resets within this step."""
+        return (not endpoint.vector and kind == Request.STEP and self.autoreset_mode == "SameStep"
+                and bool(reply[2] or reply[3]))
+
+    # --- internals: results ---------------------------------------------------------------------
+
+    def _outcome(self, endpoint: _Endpoint, kind: str, reply: Any) -> _Outcome:
+        import numpy as np
+
+        if kind == Request.RESET:  # an autoreset (or async_reset) in place of a step
+            obs, info = reply
+            self._store(endpoint, obs)
+            return _Outcome(endpoint, np.zeros(endpoint.size, dtype=np.float64),
+                            np.zeros(endpoint.size, dtype=np.bool_), np.zeros(endpoint.size, dtype=np.bool_), [info])
+        obs, reward, terminated, truncated, info = reply
+        self._store(endpoint, obs)
+        if endpoint.vector:
+            return _Outcome(endpoint, reward, terminated, truncated, [info])
+        return _Outcome(endpoint, *_single_arrays(np, reward, terminated, truncated), [info])
+
+    def _finish_same_step(self, outcome: _Outcome, final_obs: Any, final_info: Any, reset_reply: Any) -> None:
+        obs, info = reset_reply
+        self._store(outcome.endpoint, obs)
+        outcome.infos = [{"final_obs": final_obs, "final_info": final_info}, info]
+
+    def _assemble(self, outcomes: list[_Outcome], *, convert: bool = True) -> Any:
+        """Gymnasium's step tuple over the outcomes' lanes, in their order."""
+        import numpy as np
+
+        n = sum(o.endpoint.size for o in outcomes)
+        infos: dict[str, Any] = {}
+        position = 0
+        for outcome in outcomes:
+            for info in outcome.infos:
+                self._merge_info(infos, outcome.endpoint, info, position, n)
+            position += outcome.endpoint.size
+        rewards = np.concatenate([np.asarray(o.rewards) for o in outcomes])
+        terminations = np.concatenate([np.asarray(o.terminations, dtype=np.bool_) for o in outcomes])
+        truncations = np.concatenate([np.asarray(o.truncations, dtype=np.bool_) for o in outcomes])
+        for outcome, ended in zip(outcomes, np.split(terminations | truncations,
+                                                     np.cumsum([o.endpoint.size for o in outcomes])[:-1])):
+            self._autoreset[outcome.endpoint.start:outcome.endpoint.start + outcome.endpoint.size] = ended
+        observations = concat(self._gym_single_obs, [o.endpoint.obs for o in outcomes])
+        result = (observations, rewards, terminations, truncations, infos)
+        if not convert:
+            return result
+        return tuple(self._convert(value) for value in result)
+
+    def _per_lane(self, requests: list[tuple[_Endpoint, str, Any]], results: list[Any]) -> tuple[Any, ...]:
+        """One value per lane from per-endpoint replies (a vector endpoint's are one per lane)."""
+        out: list[Any] = []
+        for (endpoint, _, _), result in zip(requests, results):
+            if endpoint.vector:
+                out.extend(result if result is not None else [None] * endpoint.size)
+            else:
+                out.append(result)
+        return tuple(out)
 
     def _store(self, endpoint: _Endpoint, obs: Any) -> None:
         if endpoint.vector:
@@ -409,81 +719,174 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
         endpoint.obs = stack(self._gym_single_obs, [obs], 1)
 
     def _observations(self) -> Any:
-        return _concat(self._gym_single_obs, [e.obs for e in self._endpoints])
+        return concat(self._gym_single_obs, [e.obs for e in self._endpoints])
 
-    def _merge_info(self, infos: dict[str, Any], endpoint: _Endpoint, info: Any) -> None:
+    def _merge_info(self, infos: dict[str, Any], endpoint: _Endpoint, info: Any, position: int, n: int) -> None:
         if endpoint.vector:
-            _add_batch_info(infos, info, endpoint.start, endpoint.size, self._num_envs)
+            add_batch_info(infos, info, position, endpoint.size, n)
         else:
-            _add_lane_info(infos, info, endpoint.start, self._num_envs)
+            add_lane_info(infos, info, position, n)
+
+    def _convert(self, value: Any) -> Any:
+        """NumPy values as the backend's flavour."""
+        return value if self._passthrough else to_backend(self._backend, value)
+
+    # --- internals: the wire --------------------------------------------------------------------
+
+    def _send(self, requests: Sequence[tuple[_Endpoint, str, Any]], state: Any = None) -> _Round:
+        sent = _Round(list(requests), state=state)
+        for endpoint, kind, payload in sent.requests:
+            try:
+                sent.ids.append(endpoint.connection.send(kind, payload))
+            except Exception as exc:
+                raise _named(endpoint, exc) from exc
+        sent.results = [None] * len(sent.requests)
+        sent.waiting = list(range(len(sent.requests)))
+        return sent
 
     def _gather(self, requests: Sequence[tuple[_Endpoint, str, Any]]) -> list[Any]:
         """Send every request, then wait for all replies together; raise the first failure."""
-        ids: list[int] = []
-        for endpoint, kind, payload in requests:
-            try:
-                ids.append(endpoint.connection.send(kind, payload))
-            except Exception as exc:
-                raise _named(endpoint, exc) from exc
-        results: list[Any] = [None] * len(requests)
-        waiting: list[int] = []
-        timeout = self.request_timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
+        sent = self._send(requests)
+        self._collect(sent, None)
+        return sent.results
+
+    def _wait_pending(self, sent: _Round, timeout: float | None, name: str) -> None:
+        """Collect the replies of the pending ``name`` call; it stays pending only on ``timeout``."""
+        try:
+            complete = self._collect(sent, check_timeout("timeout", timeout))
+        except BaseException:
+            self._pending.finish()
+            raise
+        if not complete:
+            missing = ", ".join(sent.requests[i][0].name for i in sent.waiting)
+            raise TimeoutError(f"{name}_wait(): no reply within {timeout:g} s from {missing}; the {name} "
+                               f"is still under way: call {name}_wait() again to keep waiting")
+        self._pending.finish()
+
+    def _collect(self, sent: _Round, timeout: float | None) -> bool:
+        """Wait for the replies still missing from ``sent``.
+
+        With ``timeout``, return ``False`` when it passes (the requests stay answerable);
+        without, wait up to ``request_timeout`` and declare the silent endpoints broken after it.
+        """
+        keep = timeout is not None
+        limit = timeout if keep else self.request_timeout
+        deadline = None if limit is None else time.monotonic() + limit
         # Replies usually come within one receive slice: take them in order, one blocking
         # receive each, with no poller. The first slice that passes quietly (or a deadline
         # closer than a slice) hands the rest to the poll loop below, which hears from every
         # endpoint at once, so a failing one is reported while the others are still busy.
-        fast = timeout is None or timeout * 1000 > 2 * RECEIVE_SLICE_MS
-        for index, (endpoint, _, _) in enumerate(requests):
+        fast = limit is None or limit * 1000 > 2 * RECEIVE_SLICE_MS
+        waiting: list[int] = []
+        for index in sent.waiting:
+            endpoint = sent.requests[index][0]
             if fast:
                 try:
-                    done, value = endpoint.connection.poll_reply(ids[index], block=True)
+                    done, value = endpoint.connection.poll_reply(sent.ids[index], block=True)
                 except Exception as exc:
                     raise _named(endpoint, exc) from exc
                 if done:
-                    results[index] = value
+                    sent.results[index] = value
                     continue
                 fast = False
             waiting.append(index)
-        while waiting:
+        sent.waiting = waiting
+        while sent.waiting:
             slice_ms = RECEIVE_SLICE_MS
             if deadline is not None:
                 slice_ms = max(0, min(slice_ms, int((deadline - time.monotonic()) * 1000)))
             ready = dict(self._poller.poll(slice_ms))
             still: list[int] = []
-            for index in waiting:
-                endpoint = requests[index][0]
-                connection = endpoint.connection
+            for index in sent.waiting:
+                connection = sent.requests[index][0].connection
                 try:
                     if connection.socket in ready:
-                        done, value = connection.poll_reply(ids[index])
+                        done, value = connection.poll_reply(sent.ids[index])
                         if done:
-                            results[index] = value
+                            sent.results[index] = value
                             continue
                     elif not ready:  # a quiet slice: is anyone we wait for gone?
                         connection.check_alive()
                 except Exception as exc:
-                    raise _named(endpoint, exc) from exc
+                    raise _named(sent.requests[index][0], exc) from exc
                 still.append(index)
-            waiting = still
-            if waiting and deadline is not None and time.monotonic() >= deadline:
-                endpoint = requests[waiting[0]][0]
-                for index in waiting:
-                    requests[index][0].connection.mark_timed_out(timeout or 0.0)
-                raise TimeoutError(f"{endpoint.name}: no reply within {timeout:g} s; this env is "
+            sent.waiting = still
+            if sent.waiting and deadline is not None and time.monotonic() >= deadline:
+                if keep:
+                    return False
+                endpoint = sent.requests[sent.waiting[0]][0]
+                for index in sent.waiting:
+                    sent.requests[index][0].connection.mark_timed_out(limit or 0.0)
+                raise TimeoutError(f"{endpoint.name}: no reply within {limit:g} s; this env is "
                                    "unusable, create a new one")
-        return results
+        return True
 
-    def _convert(self, value: Any) -> Any:
-        """NumPy values as the backend's flavour."""
-        return value if self._passthrough else _to_backend(self._backend, value)
+    def _fly(self, requests: list[tuple[_Endpoint, str, Any]]) -> None:
+        """Send async-lane requests; each endpoint's flight is recorded as soon as it is sent."""
+        for endpoint, kind, payload in requests:
+            try:
+                endpoint.flight = _Flight(kind, endpoint.connection.send(kind, payload))
+            except Exception as exc:
+                raise _named(endpoint, exc) from exc
+
+    def _land(self, endpoint: _Endpoint) -> None:
+        """Take the endpoint's reply if it is in; a finished SameStep lane sends its reset first."""
+        flight = endpoint.flight
+        assert flight is not None
+        try:
+            done, reply = endpoint.connection.poll_reply(flight.request_id)
+            if not done:
+                return
+            if self._needs_same_step_reset(endpoint, flight.kind, reply):
+                endpoint.flight = _Flight(Request.RESET, endpoint.connection.send(Request.RESET, _FRESH_RESET),
+                                          final_step=reply)
+                return
+        except Exception as exc:
+            endpoint.flight = None  # answered (with an error) or unreachable: no longer in flight
+            raise _named(endpoint, exc) from exc
+        flight.reply, flight.done = reply, True
+
+    def _wait_lanes(self, flying: list[_Endpoint], min_lanes: int, timeout: float | None) -> None:
+        """Wait until at least ``min_lanes`` of the ``flying`` endpoints' lanes have their replies."""
+        keep = timeout is not None
+        limit = check_timeout("timeout", timeout) if keep else self.request_timeout
+        deadline = None if limit is None else time.monotonic() + limit
+        poller = zmq.Poller()  # only the sockets waited for: a stale reply elsewhere must not wake us
+        for endpoint in flying:
+            poller.register(endpoint.connection.socket, zmq.POLLIN)
+        while True:
+            for endpoint in flying:
+                if endpoint.flight is not None and not endpoint.flight.done:
+                    self._land(endpoint)
+            waiting = [e for e in flying if e.flight is not None and not e.flight.done]
+            if sum(e.size for e in flying if e.flight is not None and e.flight.done) >= min_lanes:
+                return
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                if keep:
+                    raise TimeoutError(f"recv(): fewer than {min_lanes} lanes done within {timeout:g} s; "
+                                       f"{_describe_lanes(self.lanes_in_flight)} stay in flight: call recv() again")
+                for endpoint in waiting:
+                    endpoint.connection.mark_timed_out(limit or 0.0)
+                raise TimeoutError(f"{waiting[0].name}: no reply within {limit:g} s; this env is "
+                                   "unusable, create a new one")
+            slice_ms = RECEIVE_SLICE_MS
+            if deadline is not None:
+                slice_ms = max(0, min(slice_ms, int((deadline - now) * 1000) + 1))
+            if not poller.poll(slice_ms):  # a quiet slice: is anyone we wait for gone?
+                for endpoint in waiting:
+                    try:
+                        endpoint.connection.check_alive()
+                    except Exception as exc:
+                        endpoint.flight = None
+                        raise _named(endpoint, exc) from exc
 
 
 class MultiEndpointVectorEnv(MultiEndpointVectorEnvBase[Any, Any]):
     """Dependency-light multi-endpoint vector env: array values arrive as :class:`rlmesh.Tensor`."""
 
 
-# --- values ---------------------------------------------------------------------------------------
+# --- helpers --------------------------------------------------------------------------------------
 
 def _named(endpoint: _Endpoint, exc: BaseException) -> BaseException:
     """The same kind of error, saying which endpoint and lanes it came from."""
@@ -496,135 +899,32 @@ def _named(endpoint: _Endpoint, exc: BaseException) -> BaseException:
         return ConnectionError(f"{endpoint.name}: {type(exc).__name__}: {exc}")
 
 
-def _is_numpy_int(value: Any) -> bool:
-    return type(value).__module__ == "numpy" and not hasattr(value, "__len__")
+def _describe_lanes(lanes: Sequence[int]) -> str:
+    """``"lane 3"``, ``"lanes 0-3"`` or ``"lanes 0-1, 5"``."""
+    spans: list[str] = []
+    ordered = sorted(lanes)
+    start = previous = ordered[0]
+    for lane in [*ordered[1:], None]:
+        if lane is not None and lane == previous + 1:
+            previous = lane
+            continue
+        spans.append(str(start) if start == previous else f"{start}-{previous}")
+        if lane is not None:
+            start = previous = lane
+    return f"lane {spans[0]}" if len(ordered) == 1 else "lanes " + ", ".join(spans)
 
 
-def _to_numpy(value: Any) -> Any:
-    """Caller values (NumPy, Torch, rlmesh Tensors; lists of per-lane values) as NumPy."""
-    return _numpy_backend().convert(value)
+def _single_arrays(np: Any, reward: Any, terminated: Any, truncated: Any) -> tuple[Any, Any, Any]:
+    """A single env's step values as batches of one."""
+    return (np.array([reward], dtype=np.float64), np.array([terminated], dtype=np.bool_),
+            np.array([truncated], dtype=np.bool_))
 
 
-def _to_backend(backend: Backend, value: Any) -> Any:
-    import numpy as np
-
-    if isinstance(value, np.ndarray):
-        if value.dtype == object:
-            items = [_to_backend(backend, item) for item in value.ravel().tolist()]
-            make = backend.object_array
-            return make(ObjectArray(value.shape, items)) if make is not None else items
-        array = np.ascontiguousarray(value)
-        if backend.tensor_factory is None:
-            from rlmesh.wire.arrays import from_array
-
-            return from_array(array) if array.ndim else Tensor(array.tobytes(), array.dtype.name, ())
-        return backend.tensor_factory(array.dtype.name, array.shape, array.reshape(-1).view(np.uint8).data)
-    if isinstance(value, dict):
-        return {k: _to_backend(backend, v) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return tuple(_to_backend(backend, v) for v in value)
-    if isinstance(value, list):
-        return [_to_backend(backend, v) for v in value]
-    return value
-
-
-def _leading(space: Any, batch: Any) -> int:
-    from gymnasium import spaces
-
-    if isinstance(space, spaces.Dict):
-        return _leading(next(iter(space.spaces.values())), batch[next(iter(space.spaces))])
-    if isinstance(space, spaces.Tuple):
-        return _leading(space.spaces[0], batch[0])
-    return len(batch)
-
-
-def _take(space: Any, batch: Any, start: int, stop: int) -> Any:
-    from gymnasium import spaces
-
-    if isinstance(space, spaces.Dict):
-        return {k: _take(sub, batch[k], start, stop) for k, sub in space.spaces.items()}
-    if isinstance(space, spaces.Tuple):
-        return tuple(_take(sub, part, start, stop) for sub, part in zip(space.spaces, batch))
-    return batch[start:stop]
-
-
-def _item(space: Any, batch: Any, index: int) -> Any:
-    from gymnasium import spaces
-
-    if isinstance(space, spaces.Dict):
-        return {k: _item(sub, batch[k], index) for k, sub in space.spaces.items()}
-    if isinstance(space, spaces.Tuple):
-        return tuple(_item(sub, part, index) for sub, part in zip(space.spaces, batch))
-    return batch[index]
-
-
-def _concat(space: Any, parts: list[Any]) -> Any:
-    import numpy as np
-    from gymnasium import spaces
-
-    if len(parts) == 1:
-        return parts[0]
-    if isinstance(space, spaces.Dict):
-        return {k: _concat(sub, [p[k] for p in parts]) for k, sub in space.spaces.items()}
-    if isinstance(space, spaces.Tuple):
-        return tuple(_concat(sub, [p[i] for p in parts]) for i, sub in enumerate(space.spaces))
-    if isinstance(parts[0], np.ndarray):
-        return np.concatenate(parts)
-    return tuple(item for part in parts for item in part)  # e.g. Text batches are tuples
-
-
-def _add_lane_info(infos: dict[str, Any], info: dict[str, Any], lane: int, n: int) -> None:
-    """Gymnasium's ``VectorEnv._add_info``: one lane's info into the vector infos."""
-    import numpy as np
-
-    for key, value in info.items():
-        if key == "final_obs":
-            array = infos.get(key)
-            if array is None:
-                array = np.full(n, fill_value=None, dtype=object)
-            array[lane] = value
-        elif isinstance(value, dict):
-            array = infos.get(key, {})
-            _add_lane_info(array, value, lane, n)
-        else:
-            if key not in infos:
-                if type(value) in (int, float, bool) or issubclass(type(value), np.number):
-                    array = np.zeros(n, dtype=type(value))
-                elif isinstance(value, np.ndarray):
-                    array = np.zeros((n, *value.shape), dtype=value.dtype)
-                else:
-                    array = np.full(n, fill_value=None, dtype=object)
-            else:
-                array = infos[key]
-            array[lane] = value
-        mask = infos.get(f"_{key}")
-        if mask is None:
-            mask = np.zeros(n, dtype=np.bool_)
-        mask[lane] = True
-        infos[key], infos[f"_{key}"] = array, mask
-
-
-def _add_batch_info(infos: dict[str, Any], info: dict[str, Any], start: int, size: int, n: int) -> None:
-    """A vector endpoint's infos (``key`` arrays and ``_key`` masks over its lanes) at ``start``."""
-    import numpy as np
-
-    lanes = slice(start, start + size)
-    for key, value in info.items():
-        if key.startswith("_") and key[1:] in info:
-            continue  # a mask: handled with its key
-        if isinstance(value, dict):
-            array = infos.get(key, {})
-            _add_batch_info(array, value, start, size, n)
-        else:
-            value = np.asarray(value) if not isinstance(value, np.ndarray) else value
-            array = infos.get(key)
-            if array is None:
-                fill: Any = None if value.dtype == object else 0
-                array = np.full((n, *value.shape[1:]), fill_value=fill, dtype=value.dtype)
-            array[lanes] = value
-        mask = infos.get(f"_{key}")
-        if mask is None:
-            mask = np.zeros(n, dtype=np.bool_)
-        given = info.get(f"_{key}")
-        mask[lanes] = True if given is None else np.asarray(given, dtype=np.bool_)
-        infos[key], infos[f"_{key}"] = array, mask
+def _per_lane_values(values: Any, n: int) -> list[Any]:
+    """Gymnasium's ``set_attr`` rule: a list or tuple holds one value per lane, anything else is for all."""
+    if not isinstance(values, (list, tuple)):
+        return [values] * n
+    if len(values) != n:
+        raise ValueError(f"got {len(values)} values for {n} lanes; give one per lane, or one value "
+                         "that is not a list or tuple for all of them")
+    return list(values)

@@ -84,9 +84,18 @@ class ClientKeys:
     client_key_path: str
 
     @classmethod
-    def resolve(cls, server_key: str | os.PathLike[str] | None,
+    def resolve(cls, server_key: str | os.PathLike[str] | ClientKeys | None,
                 client_key: str | os.PathLike[str] | None) -> ClientKeys | None:
-        """Keys from the arguments or ``$RLMESH_SERVER_KEY`` / ``$RLMESH_CLIENT_KEY``; ``None``: keyless."""
+        """Keys from the arguments or ``$RLMESH_SERVER_KEY`` / ``$RLMESH_CLIENT_KEY``; ``None``: keyless.
+
+        ``server_key`` may also be keys loaded already (another client's, see
+        :attr:`rlmesh.sandbox.session.SandboxSessionBase.client_keys`).
+        """
+        if isinstance(server_key, ClientKeys):
+            if client_key is not None:
+                raise ValueError("keys loaded already (ClientKeys) carry the client's key too; "
+                                 "pass no client_key with them")
+            return server_key
         server_key = _given(server_key, SERVER_KEY_VARIABLE)
         client_key = _given(client_key, CLIENT_KEY_VARIABLE)
         if server_key is None and client_key is None:

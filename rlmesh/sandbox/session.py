@@ -38,7 +38,7 @@ import tomllib
 from rlmesh._version import __version__
 from rlmesh.client.surface import EnvSurface, Surface, VectorEnvSurface
 from rlmesh.errors import ContainerError, SandboxCrashed, SandboxError, VersionMismatchError
-from rlmesh.protocol.keys import SessionKeys
+from rlmesh.protocol.keys import ClientKeys, SessionKeys
 from rlmesh.protocol.messages import EnvContract
 from rlmesh.runtime.driver import ImageRecipe
 from rlmesh.sandbox.entry import COMMAND, CONFIG_VARIABLE
@@ -582,6 +582,9 @@ class SandboxSessionBase(Generic[RemoteT]):
             self.address = handle.addresses[_CONTAINER_PORT]
             try:
                 self._client = self._connect(float(self.settings["startup_timeout"]), keys)
+                #: The keys this session's client presents, in memory: more clients can attach
+                #: with them (``spread_vector_env``'s multi-endpoint env does).
+                self.client_keys = ClientKeys.resolve(keys.server_key, keys.client_key)
             except BaseException:
                 self._finalizer()
                 raise

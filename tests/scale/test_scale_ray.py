@@ -23,6 +23,7 @@ from scale_compare import assert_equal
 
 import rlmesh
 from rlmesh.errors import AuthenticationError, ContainerError, RuntimeDriverError
+from rlmesh.protocol.keys import SessionKeys
 from rlmesh.runtime import ImageRecipe, RunSpec, reap_orphans
 from rlmesh.runtime.labels import OWNER_PID, OWNER_START, SESSION
 from rlmesh.sandbox.entry import CONFIG_VARIABLE
@@ -138,7 +139,8 @@ def test_an_endpoint_killed_mid_run_is_named_and_nothing_is_left(driver: RayDriv
     assert _wait_gone(pids) == [], "actor worker processes survived close()"
 
 
-def test_orphans_of_a_dead_owner_are_reaped(driver: RayDriver) -> None:
+def test_orphans_of_a_dead_owner_are_reaped(driver: RayDriver, tmp_path: Path) -> None:
+    keys = SessionKeys.new(tmp_path)  # a sandbox server starts only with the keys it is handed
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     recipe = ImageRecipe("FROM scratch\n", packages=(), labels={"io.rlmesh.managed": "true"})
@@ -147,7 +149,8 @@ def test_orphans_of_a_dead_owner_are_reaped(driver: RayDriver) -> None:
               "owner_timeout": 60.0}
     handle = driver.run(RunSpec(image=tag, command=["python", "-m", "rlmesh.sandbox.entry"],
                                 env={CONFIG_VARIABLE: json.dumps(config)}, ports=[5555],
-                                labels={OWNER_PID: str(dead.pid), OWNER_START: "1", SESSION: "orphan"}))
+                                labels={OWNER_PID: str(dead.pid), OWNER_START: "1", SESSION: "orphan"},
+                                secret_files=keys.server_files))
     assert _host(handle.addresses[5555]) in ("127.0.0.2", "127.0.0.3")
     assert driver.health(handle.id).running
     assert [i.id for i in driver.list({SESSION: "orphan"})] == [handle.id]
@@ -236,7 +239,7 @@ def test_same_step_autoreset_and_a_local_source_with_its_files(driver: RayDriver
         local.close()
 
 
-def test_packages_come_from_an_isolated_runtime_environment(driver: RayDriver) -> None:
+def test_packages_come_from_an_isolated_runtime_environment(driver: RayDriver, tmp_path: Path) -> None:
     # inflection is not installed here: only the actor's runtime environment has it.
     with pytest.raises(ImportError):
         __import__("inflection")
@@ -244,11 +247,14 @@ def test_packages_come_from_an_isolated_runtime_environment(driver: RayDriver) -
                          packages=("inflection==0.5.1",), imports=("inflection",))
     tag = driver.build(recipe)
     config = {"source": {"kind": "gym", "env_id": "CartPole-v1"}, "port": 5555, "owner_timeout": 30.0}
+    keys = SessionKeys.new(tmp_path)
     handle = driver.run(RunSpec(image=tag, command=["python", "-m", "rlmesh.sandbox.entry"],
-                                env={CONFIG_VARIABLE: json.dumps(config)}, ports=[5555]))
+                                env={CONFIG_VARIABLE: json.dumps(config)}, ports=[5555],
+                                secret_files=keys.server_files))
     try:
         assert driver.health(handle.id).running  # the import check passed inside the actor
-        with rlmesh.RemoteEnv(handle.addresses[5555]) as env:
+        with rlmesh.RemoteEnv(handle.addresses[5555], server_key=keys.server_key,
+                              client_key=keys.client_key) as env:
             env.reset(seed=0)
     finally:
         driver.stop(handle.id)
