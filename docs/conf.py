@@ -32,7 +32,7 @@ autodoc_default_options = {"members": True, "show-inheritance": True}
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 # Optional extras: the API pages still build without them.
-_OPTIONAL = ["torch", "ray", "docker", "podman", "python_on_whales"]
+_OPTIONAL = ["torch", "ray", "docker", "podman", "python_on_whales", "stable_baselines3"]
 autodoc_mock_imports = [name for name in _OPTIONAL if importlib.util.find_spec(name) is None]
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False

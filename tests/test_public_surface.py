@@ -32,11 +32,12 @@ EXPORTS = {
     },
     "rlmesh.types": {"EnvLike", "Primitive", "SpaceLike", "Value", "VectorEnvLike"},
     "rlmesh.errors": {
-        "AuthenticationError", "ContainerError", "EnvironmentException", "ImageBuildError", "ModelError",
-        "PackageSpecError", "ProtocolError", "RLMeshError", "RuntimeDriverError",
+        "AlreadyPendingCallError", "AuthenticationError", "ContainerError", "EnvironmentException", "ImageBuildError", "ModelError",
+        "NoAsyncCallError", "PackageSpecError", "ProtocolError", "RLMeshError", "RuntimeDriverError",
         "RuntimeUnavailableError", "SandboxCrashed", "SandboxError", "ServerBusyError", "SourceError",
         "SpecMismatchError", "VersionMismatchError",
     },
+    "rlmesh.sb3": {"VecEnvAdapter", "as_vec_env"},
     "rlmesh.runtime": {
         "AUTO_ORDER", "Availability", "ContainerHandle", "ContainerInfo", "Health", "ImageInfo", "ImageRecipe",
         "ProgressCallback", "RunSpec", "RuntimeDriver", "get_driver", "installed_drivers",

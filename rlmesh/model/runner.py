@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numbers
 import operator
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from rlmesh.client.remote import (
     connect,
 )
 from rlmesh.errors import ModelError, SpecMismatchError
+from rlmesh.model.recording import NoRecorder, recorder_for
 from rlmesh.model.results import EpisodeResult, LatencyStats, RunResult
 from rlmesh.wire.spaces import (
     BoxSpec,
@@ -268,6 +270,7 @@ class _Run:
     predict_times: list[float] = field(default_factory=list)
     step_times: list[float] = field(default_factory=list)
     env_steps: int = 0
+    recorder: NoRecorder = field(default_factory=NoRecorder)  # record_video's per-episode videos
 
     def out_of_time(self, now: float) -> bool:
         return self.deadline is not None and now >= self.deadline
@@ -330,6 +333,7 @@ class ModelBase(Generic[ObsT, ActT]):
         close_env: bool | None = None,
         server_key: KeyPath | None = None,
         client_key: KeyPath | None = None,
+        record_video: str | os.PathLike[str] | None = None,
     ) -> RunResult:
         """Play episodes on ``env`` and report them.
 
@@ -347,6 +351,9 @@ class ModelBase(Generic[ObsT, ActT]):
             server_key, client_key: For an address of a keyed server: its public certificate
                 and this client's secret one (default ``$RLMESH_SERVER_KEY`` /
                 ``$RLMESH_CLIENT_KEY``); see :doc:`/security`.
+            record_video: A folder to write one video per episode into, ``episode-<index>.mp4``
+                (``index`` as in the results). The env must render ``rgb_array`` frames; needs
+                ``pip install "rlmesh[video]"``.
         """
         plan = _plan(seeds, episodes)
         if max_steps is not None and max_steps < 1:
@@ -354,12 +361,16 @@ class ModelBase(Generic[ObsT, ActT]):
         handle, opened = _resolve(env, self._clients, {"server_key": server_key, "client_key": client_key})
         try:
             self._check_spec(handle)
+            recorder = recorder_for(record_video, handle.env, vector=handle.vector)
             start = time.perf_counter()
-            run = _Run(max_steps, None if max_seconds is None else start + max_seconds)
-            if handle.vector:
-                results = self._run_vector(handle, plan, run)
-            else:
-                results = self._run_single(handle, plan, run)
+            run = _Run(max_steps, None if max_seconds is None else start + max_seconds, recorder=recorder)
+            try:
+                if handle.vector:
+                    results = self._run_vector(handle, plan, run)
+                else:
+                    results = self._run_single(handle, plan, run)
+            finally:
+                recorder.close()
             duration = time.perf_counter() - start
         finally:
             if close_env or (close_env is None and opened):
@@ -409,6 +420,7 @@ class ModelBase(Generic[ObsT, ActT]):
                 break
             observation, _ = env.reset(seed=seed)
             episode = _Episode(index, seed, time.perf_counter())
+            run.recorder.begin(0, index, run.recorder.frames())
             terminated = truncated = False
             success: bool | None = None
             while True:
@@ -422,6 +434,7 @@ class ModelBase(Generic[ObsT, ActT]):
                 begin = time.perf_counter()
                 observation, reward, terminated, truncated, info = env.step(self._env_action(action, handle))
                 run.step_times.append(time.perf_counter() - begin)
+                run.recorder.add(0, run.recorder.frames())
                 run.env_steps += 1
                 episode.steps += 1
                 episode.total += float(reward)
@@ -429,6 +442,7 @@ class ModelBase(Generic[ObsT, ActT]):
                     success = _success(info)
                     break
             results.append(episode.result(bool(terminated), bool(truncated), success, time.perf_counter()))
+            run.recorder.end(0)
         return results
 
     def _batch_actions(self, actions: list[Any], handle: _Env) -> Any:
@@ -499,9 +513,11 @@ class ModelBase(Generic[ObsT, ActT]):
         lanes = [next_episode(now) for _ in range(n)]
         observation = self._reset_lanes(handle, [lane.seed if lane else None for lane in lanes], None)
         now = time.perf_counter()
-        for lane in lanes:
+        frames = run.recorder.frames()
+        for i, lane in enumerate(lanes):
             if lane is not None:
                 lane.start = now
+                run.recorder.begin(i, lane.index, frames)
         autoresetting = [False] * n  # NextStep: the lane's next step is Gymnasium's reset step
         while any(lane is not None for lane in lanes):
             if run.out_of_time(time.perf_counter()):
@@ -515,12 +531,14 @@ class ModelBase(Generic[ObsT, ActT]):
             run.step_times.append(now - begin)
             run.env_steps += n
             rewards, terminations, truncations = _as_list(rewards), _as_list(terminations), _as_list(truncations)
+            frames = run.recorder.frames()
             to_reset: list[int] = []
             for i, lane in enumerate(lanes):
                 if autoresetting[i]:
                     autoresetting[i] = False
                     if lane is not None:
                         lane.start = now
+                        run.recorder.begin(i, lane.index, frames)
                     continue
                 done = bool(terminations[i] or truncations[i])
                 if lane is None:
@@ -531,12 +549,15 @@ class ModelBase(Generic[ObsT, ActT]):
                     continue
                 lane.steps += 1
                 lane.total += float(rewards[i])
+                if not (done and mode == _SAME_STEP):  # a SameStep lane shows its next episode already
+                    run.recorder.add(i, frames)
                 capped = run.max_steps is not None and lane.steps >= run.max_steps and not done
                 if not (done or capped):
                     continue
                 final_info = info.get("final_info") if mode == _SAME_STEP and isinstance(info, dict) else info
                 results.append(lane.result(bool(terminations[i]), bool(truncations[i]) or capped,
                                            _lane_success(final_info, i), now))
+                run.recorder.end(i)
                 lanes[i] = new = next_episode(now)
                 # Seeded episodes start from reset(seed=...) of their lane, like a single env;
                 # unseeded ones may use the env's own autoreset.
@@ -544,15 +565,19 @@ class ModelBase(Generic[ObsT, ActT]):
                     to_reset.append(i)
                 elif done and mode == _NEXT_STEP:
                     autoresetting[i] = True
+                elif new is not None:  # reset within this step (SameStep): the frame is its first
+                    run.recorder.begin(i, new.index, frames)
             if to_reset:
                 mask = [i in to_reset for i in range(n)]
                 seeds = [lane.seed if lane is not None and mask[i] else None for i, lane in enumerate(lanes)]
                 observation = self._reset_lanes(handle, seeds, mask)
                 now = time.perf_counter()
+                frames = run.recorder.frames()
                 for i in to_reset:
                     lane = lanes[i]
                     if lane is not None:
                         lane.start = now
+                        run.recorder.begin(i, lane.index, frames)
         return results
 
 
