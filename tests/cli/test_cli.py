@@ -200,6 +200,19 @@ def test_serve_vector_env(serving: list[Serving]) -> None:
     assert server.stop() == 0
 
 
+def test_serve_answers_calls_unless_told_not_to(serving: list[Serving]) -> None:
+    allowed = Serving(["CartPole-v1", "--address", "tcp://127.0.0.1:0", "--num-envs", "2"])
+    refused = Serving(["CartPole-v1", "--address", "tcp://127.0.0.1:0", "--no-allow-calls"])
+    serving += [allowed, refused]
+    with RemoteVectorEnv(allowed.address) as env:
+        assert env.get_attr("gravity") == (9.8, 9.8)
+    with RemoteEnv(refused.address) as env:
+        with pytest.raises(PermissionError, match="allow_calls=False"):
+            env.get_attr("gravity")
+        env.reset(seed=0)  # everything else is served
+    assert allowed.stop() == 0 and refused.stop() == 0
+
+
 @pytest.mark.parametrize("factory, vector", [
     ("helpers_envs.py:make_cartpole", False),
     ("helpers_envs.py:make_two_cartpoles", True),
