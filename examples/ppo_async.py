@@ -1,9 +1,9 @@
-"""A CleanRL-style single-file PPO (PyTorch) that steps a remote vector env asynchronously.
+"""A CleanRL-style single-file PPO (PyTorch) that steps a sandboxed vector env asynchronously.
 
 Each rollout step sends the actions with ``step_async`` and evaluates the critic while the
 server steps the lanes, then collects the step with ``step_wait``: the env and the value
-forward pass overlap instead of taking turns. The env is built in one line (``make_envs``);
-swap it for ``SandboxVectorEnv("CartPole-v1", num_envs=NUM_ENVS)`` to train on a sandboxed env.
+forward pass overlap instead of taking turns. The env is built in one line (``make_envs``): a
+``SandboxVectorEnv`` in a container here, or ``RemoteVectorEnv(address)`` for a served one.
 
 Gymnasium 1.x vector envs autoreset in ``NextStep`` mode: the step after a lane finishes is its
 reset step, whose transition belongs to no episode, so it is masked out of the loss.
@@ -13,17 +13,16 @@ reset step, whose transition belongs to no episode, so it is masked out of the l
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import time
 
-import gymnasium
 import numpy as np
 import torch
 from torch import nn
 from torch.distributions import Categorical
 
-from rlmesh import EnvServer
-from rlmesh.numpy import RemoteVectorEnv
+from rlmesh.numpy import SandboxVectorEnv
+
+# rlmesh-example: needs-engine
 
 NUM_ENVS = 4
 NUM_STEPS = 128  # per lane and rollout
@@ -32,16 +31,8 @@ SEED = 1
 GAMMA, GAE_LAMBDA, CLIP, EPOCHS, MINIBATCHES, LR = 0.99, 0.95, 0.2, 4, 4, 2.5e-3
 
 
-def serve(addresses: mp.Queue) -> None:
-    """The env side: in a real set-up another machine, a container or `rlmesh serve`."""
-    env = gymnasium.make_vec("CartPole-v1", num_envs=NUM_ENVS, vectorization_mode="sync")
-    server = EnvServer(env, "tcp://127.0.0.1:0")
-    addresses.put(server.address)
-    server.serve()
-
-
-def make_envs(address: str) -> RemoteVectorEnv:
-    return RemoteVectorEnv(address)  # or: SandboxVectorEnv("CartPole-v1", num_envs=NUM_ENVS)
+def make_envs() -> SandboxVectorEnv:
+    return SandboxVectorEnv("CartPole-v1", num_envs=NUM_ENVS)  # or: RemoteVectorEnv(address)
 
 
 def layer(inputs: int, outputs: int, std: float = np.sqrt(2)) -> nn.Linear:
@@ -65,7 +56,7 @@ class Agent(nn.Module):
         return Categorical(logits=self.actor(obs))
 
 
-def train(envs: RemoteVectorEnv) -> list[float]:
+def train(envs: SandboxVectorEnv) -> list[float]:
     assert str(envs.metadata["autoreset_mode"].value) == "NextStep"
     torch.manual_seed(SEED)
     agent = Agent(int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n))
@@ -143,19 +134,11 @@ def train(envs: RemoteVectorEnv) -> list[float]:
 
 
 def main() -> None:
-    torch.set_num_threads(1)  # a small MLP: more threads only contend with the env server
-    context = mp.get_context("spawn")
-    addresses = context.Queue()
-    server = context.Process(target=serve, args=(addresses,))
-    server.start()
-    try:
-        with make_envs(addresses.get(timeout=60)) as envs:
-            finished = train(envs)
-        print(f"{len(finished)} episodes; first 20 averaged {np.mean(finished[:20]):.1f}, "
-              f"last 20 {np.mean(finished[-20:]):.1f}")
-    finally:
-        server.terminate()
-        server.join(10)
+    torch.set_num_threads(1)  # a small MLP: more threads only contend with the env's container
+    with make_envs() as envs:
+        finished = train(envs)
+    print(f"{len(finished)} episodes; first 20 averaged {np.mean(finished[:20]):.1f}, "
+          f"last 20 {np.mean(finished[-20:]):.1f}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
-"""Train Stable-Baselines3's PPO on a remote vector env, then record the trained policy.
+"""Train Stable-Baselines3's PPO on a sandboxed vector env, then record the trained policy.
 
 ``rlmesh.sb3.as_vec_env`` turns the rlmesh vector client into an SB3 ``VecEnv`` (SB3's
 autoreset, ``terminal_observation`` infos, ``step_async`` on the wire). The env is built in one
-line (``make_envs``); swap it for ``SandboxVectorEnv("CartPole-v1", num_envs=4)`` to train on a
-sandboxed env. Afterwards ``Model.run(..., record_video=DIR)`` plays three seeded episodes and
+line (``make_envs``): a ``SandboxVectorEnv`` in a container here, or ``RemoteVectorEnv(address)``
+for a served one. Afterwards ``Model.run(..., record_video=DIR)`` plays three seeded episodes and
 writes one video each.
 
     pip install "rlmesh[sb3,video]" && python examples/sb3_train.py
@@ -11,7 +11,6 @@ writes one video each.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import tempfile
 from pathlib import Path
 
@@ -19,37 +18,25 @@ import gymnasium
 import torch
 from stable_baselines3 import PPO
 
-from rlmesh import EnvServer
-from rlmesh.numpy import Model, RemoteVectorEnv
+from rlmesh.numpy import Model, SandboxVectorEnv
 from rlmesh.sb3 import as_vec_env
 
-
-def serve(addresses: mp.Queue) -> None:
-    env = gymnasium.make_vec("CartPole-v1", num_envs=4, vectorization_mode="sync")
-    server = EnvServer(env, "tcp://127.0.0.1:0")
-    addresses.put(server.address)
-    server.serve()
+# rlmesh-example: needs-engine
 
 
-def make_envs(address: str) -> RemoteVectorEnv:
-    return RemoteVectorEnv(address)  # or: SandboxVectorEnv("CartPole-v1", num_envs=4)
+def make_envs() -> SandboxVectorEnv:
+    return SandboxVectorEnv("CartPole-v1", num_envs=4)  # or: RemoteVectorEnv(address)
 
 
 def main() -> None:
-    torch.set_num_threads(1)  # a small MLP: more threads only contend with the env server
-    context = mp.get_context("spawn")
-    addresses = context.Queue()
-    server = context.Process(target=serve, args=(addresses,))
-    server.start()
+    torch.set_num_threads(1)  # a small MLP: more threads only contend with the env's container
+    venv = as_vec_env(make_envs())
     try:
-        venv = as_vec_env(make_envs(addresses.get(timeout=60)))
         model = PPO("MlpPolicy", venv, n_steps=64, batch_size=64, n_epochs=10, gamma=0.98, gae_lambda=0.8,
                     learning_rate=1e-3, seed=0, device="cpu", policy_kwargs={"net_arch": [64, 64]})
         model.learn(20_000)
-        venv.close()
     finally:
-        server.terminate()
-        server.join(10)
+        venv.close()  # closes the sandbox and removes its container
 
     policy = Model(lambda observation: int(model.predict(observation, deterministic=True)[0]))
     with tempfile.TemporaryDirectory() as folder:

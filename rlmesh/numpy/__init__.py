@@ -104,7 +104,7 @@ def spread_vector_env(source: str, num_envs: int, **kwargs: Any) -> MultiEndpoin
     return env
 
 
-class SandboxEnv(SandboxEnvBase[NumpyValue, NumpyValue]):
+class SandboxEnv(SandboxEnvBase[NumpyValue, NumpyValue], *_EnvBases):  # type: ignore[misc]
     """Owned sandbox session for one environment; its client is :class:`RemoteEnv`.
 
     Example:
@@ -114,8 +114,14 @@ class SandboxEnv(SandboxEnvBase[NumpyValue, NumpyValue]):
 
     _client_class = RemoteEnv
 
+    def reset(self, *, seed: int | None = None, options: dict[str, object] | None = None
+              ) -> tuple[NumpyValue, dict[str, object]]:
+        if _EnvBases:  # seed the local np_random, as RemoteEnv does
+            _gym.Env.reset(self, seed=seed)
+        return super().reset(seed=seed, options=options)
 
-class SandboxVectorEnv(SandboxVectorEnvBase[NumpyValue, NumpyValue]):
+
+class SandboxVectorEnv(SandboxVectorEnvBase[NumpyValue, NumpyValue], *_VectorBases):  # type: ignore[misc]
     """Owned sandbox session serving ``num_envs`` environments; its client is :class:`RemoteVectorEnv`."""
 
     _client_class = RemoteVectorEnv

@@ -697,9 +697,14 @@ class SandboxSessionBase(Generic[RemoteT]):
         surface: Surface = self.client._surface()  # type: ignore[attr-defined]
         return surface
 
-    def render(self, *, env_index: int = 0) -> Any:
-        """Render a frame (for vector sessions, of the env at ``env_index``)."""
-        return self.client.render(env_index=env_index)  # type: ignore[attr-defined]
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the env's method ``name`` in the container (for vector sessions: on every lane,
+        a tuple of results); arguments and results go through the codec."""
+        return self.client.call(name, *args, **kwargs)  # type: ignore[attr-defined]
+
+    def get_attr(self, name: str) -> Any:
+        """The env's attribute ``name`` (for vector sessions: a tuple, one per lane)."""
+        return self.client.get_attr(name)  # type: ignore[attr-defined]
 
 
 #: The sandbox options: keyword arguments of a session. Any other keyword goes to the env.
@@ -720,8 +725,23 @@ class SandboxEnvBase(SandboxSessionBase[Any], EnvSurface, Generic[ValueT, Action
         result: tuple[ValueT, float, bool, bool, dict[str, object]] = self.client.step(action)
         return result
 
+    def render(self, *, env_index: int = 0) -> Any:
+        """Render a frame of the env (in the mode it was made with)."""
+        return self.client.render(env_index=env_index)
 
-class SandboxVectorEnvBase(SandboxSessionBase[Any], VectorEnvSurface, Generic[ValueT, ActionT]):
+    def set_attr(self, name: str, value: Any) -> None:
+        """Set the env's attribute ``name`` in the container."""
+        self.client.set_attr(name, value)
+
+    def get_wrapper_attr(self, name: str) -> Any:
+        """The attribute ``name`` of the env or the first of its wrappers that has it."""
+        return self.client.get_wrapper_attr(name)
+
+
+# EnvSurface is named again so that it stays ahead of Generic in the MRO: a flavour that adds
+# gymnasium.vector.VectorEnv then keeps the surface's metadata and spaces, not VectorEnv's
+# class attributes of the same names.
+class SandboxVectorEnvBase(SandboxSessionBase[Any], VectorEnvSurface, EnvSurface, Generic[ValueT, ActionT]):
     """A sandbox session serving ``num_envs`` environments as one vector env."""
 
     _vector = True
@@ -738,3 +758,27 @@ class SandboxVectorEnvBase(SandboxSessionBase[Any], VectorEnvSurface, Generic[Va
     def step(self, actions: ActionT) -> tuple[ValueT, ValueT, ValueT, ValueT, dict[str, object]]:
         result: tuple[ValueT, ValueT, ValueT, ValueT, dict[str, object]] = self.client.step(actions)
         return result
+
+    def step_async(self, actions: ActionT) -> None:
+        """Send a step and return at once; collect it with :meth:`step_wait`."""
+        self.client.step_async(actions)
+
+    def step_wait(self, timeout: float | None = None) -> tuple[ValueT, ValueT, ValueT, ValueT, dict[str, object]]:
+        result: tuple[ValueT, ValueT, ValueT, ValueT, dict[str, object]] = self.client.step_wait(timeout)
+        return result
+
+    def reset_async(self, seed: int | list[int] | None = None, options: dict[str, object] | None = None) -> None:
+        """Send a reset and return at once; collect it with :meth:`reset_wait`."""
+        self.client.reset_async(seed=seed, options=options)
+
+    def reset_wait(self, timeout: float | None = None) -> tuple[ValueT, dict[str, object]]:
+        result: tuple[ValueT, dict[str, object]] = self.client.reset_wait(timeout)
+        return result
+
+    def render(self, *, env_index: int | None = None) -> Any:
+        """One frame per lane (a tuple), as Gymnasium's vector envs; ``env_index`` picks one."""
+        return self.client.render(env_index=env_index)
+
+    def set_attr(self, name: str, values: Any) -> None:
+        """Set attribute ``name`` on every lane: one value for all, or a list with one per lane."""
+        self.client.set_attr(name, values)

@@ -398,3 +398,39 @@ def test_the_oom_killer_under_memory_raises_sandbox_crashed(sandbox_driver: Runt
         assert not crashed.value.oom_killed and "did not report one" in str(crashed.value)
     else:
         assert crashed.value.oom_killed and "was killed by the kernel's OOM killer" in str(crashed.value)
+
+
+def test_numpy_sandboxes_are_gymnasium_envs_for_trainers(docker_driver: RuntimeDriver) -> None:
+    from gymnasium.wrappers import RecordEpisodeStatistics
+    from gymnasium.wrappers.vector import RecordEpisodeStatistics as RecordVectorStatistics
+
+    with rnp.SandboxEnv("CartPole-v1", packages=PACKAGES, imports=IMPORTS, runtime=docker_driver,
+                        render_mode="rgb_array", max_episode_steps=5) as env:
+        assert isinstance(env, gym.Env)
+        wrapped = RecordEpisodeStatistics(env)
+        wrapped.reset(seed=0)
+        done, info = False, {}
+        while not done:
+            _, _, terminated, truncated, info = wrapped.step(0)
+            done = terminated or truncated
+        assert info["episode"]["l"] == 5
+        assert env.get_attr("gravity") == 9.8 and env.get_wrapper_attr("gravity") == 9.8
+        env.set_attr("gravity", 5.0)
+        assert env.get_attr("gravity") == 5.0
+        assert env.render().shape == (400, 600, 3)
+    with rnp.SandboxVectorEnv("CartPole-v1", 3, packages=PACKAGES, imports=IMPORTS, runtime=docker_driver,
+                              render_mode="rgb_array") as envs:
+        assert isinstance(envs, gym.vector.VectorEnv)
+        # What the server reported, not VectorEnv's empty class attributes.
+        assert envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP
+        assert envs.render_mode == "rgb_array"
+        stats = RecordVectorStatistics(envs)
+        stats.reset(seed=[0, 1, 2])
+        envs.step_async(np.zeros(3, dtype=np.int64))
+        observations, rewards, *_ = envs.step_wait()
+        assert observations.shape == (3, 4) and rewards.tolist() == [1.0, 1.0, 1.0]
+        with pytest.raises(gym.error.NoAsyncCallError):
+            envs.step_wait()
+        assert envs.get_attr("gravity") == (9.8, 9.8, 9.8)
+        frames = envs.render()
+        assert len(frames) == 3 and all(frame.shape == (400, 600, 3) for frame in frames)
