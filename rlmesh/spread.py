@@ -86,6 +86,8 @@ def spread_vector_env(source: str, num_envs: int, *, per_endpoint: int = 8, runt
         # Each endpoint has keys of its own: attach with those its session made.
         env = env_class(addresses, autoreset_mode=autoreset_mode, owned=sessions,
                         server_key=[session.client_keys for session in sessions])
+        for endpoint, session in zip(env._endpoints, sessions):  # a dead container: SandboxCrashed
+            endpoint.connection.explain_loss = session.loss_explainer
     except BaseException:
         for session in sessions:
             session.close()

@@ -894,9 +894,11 @@ def _named(endpoint: _Endpoint, exc: BaseException) -> BaseException:
         return EnvironmentException(f"{endpoint.name}: {exc.args[0] if exc.args else ''}",
                                     remote_type=exc.remote_type, remote_traceback=exc.remote_traceback)
     try:
-        return type(exc)(f"{endpoint.name}: {exc}")
+        named = type(exc)(f"{endpoint.name}: {exc}")
     except Exception:  # an exception type with another constructor: keep it, chained
         return ConnectionError(f"{endpoint.name}: {type(exc).__name__}: {exc}")
+    named.__dict__.update(exc.__dict__)  # what it carries (a crashed sandbox's exit code, ...)
+    return named
 
 
 def _describe_lanes(lanes: Sequence[int]) -> str:

@@ -588,11 +588,17 @@ class SandboxSessionBase(Generic[RemoteT]):
             except BaseException:
                 self._finalizer()
                 raise
-        # Weakly: the connection's heartbeat thread must not keep the session from being collected.
-        crashed = weakref.WeakMethod(self._crashed)
-        self._client._connection.explain_loss = lambda message: (
-            method(message) if (method := crashed()) is not None else ConnectionError(message))
+        self._client._connection.explain_loss = self.loss_explainer
         log.info("sandbox %s ready at %s (container %s)", self.source.text, self.address, handle.id[:12])
+
+    @property
+    def loss_explainer(self) -> Callable[[str], Exception]:
+        """Turns a lost connection to this sandbox into :class:`SandboxCrashed` (for
+        ``Connection.explain_loss``; more clients of the sandbox, as ``spread_vector_env``'s,
+        use it too). It holds the session weakly: a connection's heartbeat thread must not
+        keep the session from being collected."""
+        crashed = weakref.WeakMethod(self._crashed)
+        return lambda message: method(message) if (method := crashed()) is not None else ConnectionError(message)
 
     def _connect(self, timeout: float, keys: SessionKeys) -> Any:
         deadline = time.monotonic() + timeout

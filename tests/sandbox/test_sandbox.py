@@ -434,3 +434,15 @@ def test_numpy_sandboxes_are_gymnasium_envs_for_trainers(docker_driver: RuntimeD
         assert envs.get_attr("gravity") == (9.8, 9.8, 9.8)
         frames = envs.render()
         assert len(frames) == 3 and all(frame.shape == (400, 600, 3) for frame in frames)
+
+
+def test_a_spread_endpoint_that_dies_raises_sandbox_crashed(docker_driver: RuntimeDriver) -> None:
+    env = rnp.spread_vector_env(DYING, 2, per_endpoint=1, runtime=docker_driver, packages=PACKAGES, fate="exit")
+    try:
+        env.reset(seed=0)
+        with pytest.raises(SandboxCrashed, match=r"endpoint .*lane 0.*exited with code 7") as crashed:
+            env.step(np.zeros(2, dtype=np.int64))
+        assert crashed.value.exit_code == 7
+    finally:
+        env.close()
+    assert ours(docker_driver, os.getpid()) == []
