@@ -275,6 +275,9 @@ class SandboxSessionBase(Generic[RemoteT]):
     _vector: ClassVar[bool] = False
     #: Set by :meth:`build_image`: build, name the image this, and start nothing.
     _build_only: str | None = None
+    #: For ``image://`` sources, learnt from the image: what it serves and the user it runs as.
+    _image_source: dict[str, Any] | None = None
+    _secret_owner: int | None = None
 
     def __init__(
         self,
@@ -512,7 +515,7 @@ class SandboxSessionBase(Generic[RemoteT]):
             raise SandboxError(f"cannot read image {name!r}: {exc}") from exc
         entry = self.settings.get("entry")
         if entry is not None:
-            self._image_source: dict[str, Any] = {"kind": "entry", "entry": check_entry(entry)}
+            self._image_source = {"kind": "entry", "entry": check_entry(entry)}
         elif SOURCE_LABEL in info.labels:
             built_with = info.labels.get(VERSION_LABEL, "unknown")
             if built_with != __version__:
@@ -524,7 +527,7 @@ class SandboxSessionBase(Generic[RemoteT]):
             raise SandboxError(f"image {name} was not built by `rlmesh images build`; to run it, name its "
                                "env factory with entry='package.module:function' (the image needs rlmesh)")
         if self.settings.get("task"):
-            self._image_source["task"] = self.settings["task"]
+            self._image_source = {**self._image_source, "task": self.settings["task"]}
         self._secret_owner = _uid_of(info.user, name)
         return name
 
@@ -544,7 +547,7 @@ class SandboxSessionBase(Generic[RemoteT]):
         from rlmesh_images.recipe import APP_DIR
 
         return {
-            "source": getattr(self, "_image_source", None) or self.source.to_config(),
+            "source": self._image_source or self.source.to_config(),
             "vector": self._vector,
             "num_envs": self.num_envs,
             "vectorization_mode": self.vectorization_mode,
@@ -573,7 +576,7 @@ class SandboxSessionBase(Generic[RemoteT]):
                 network="network" in self.capabilities,
                 **self.resources.run_options(),
                 secret_files=keys.server_files,
-                secret_owner=getattr(self, "_secret_owner", SANDBOX_UID),
+                secret_owner=SANDBOX_UID if self._secret_owner is None else self._secret_owner,
             )
             watch(self.driver)  # before run(): a kill during the start leaves no container either
             handle = self.driver.run(spec)
@@ -614,10 +617,10 @@ class SandboxSessionBase(Generic[RemoteT]):
                 return self._client_class(self.address, connect_timeout=0.5,
                                           server_key=keys.server_key, client_key=keys.client_key)
             except VersionMismatchError as exc:
-                raise SandboxError(
-                    f"{exc}\nThe sandbox installed a different rlmesh than this host runs; pass "
-                    "rlmesh_package='local' (from a checkout) or a wheel of the host's version"
-                ) from exc
+                fix = (f"install rlmesh=={__version__} in the image {self.source.image}, or rebuild it "
+                       "with `rlmesh images build`" if self.source.kind == "image" else
+                       "pass rlmesh_package='local' (from a checkout) or a wheel of the host's version")
+                raise SandboxError(f"{exc}\nThe sandbox runs a different rlmesh than this host: {fix}") from exc
             except ConnectionError:
                 if time.monotonic() >= deadline:
                     logs = self.driver.logs(self.container_id, tail=40)
