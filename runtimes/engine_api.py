@@ -115,6 +115,8 @@ class EngineApiDriver(RuntimeDriver, Generic[ClientT]):
     _api_error: ClassVar[type[Exception]]
     #: Whether a GPU request can be refused at create time already, not only at start.
     _gpus_refused_at_create: ClassVar[bool]
+    #: Extra arguments of ``containers.list``.
+    _list_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, *, timeout: float) -> None:
         self._timeout = timeout
@@ -367,5 +369,6 @@ class EngineApiDriver(RuntimeDriver, Generic[ClientT]):
     # Last: a method named ``list`` would shadow the builtin in the annotations below it.
     def list(self, labels: Mapping[str, str]) -> list[ContainerInfo]:
         with self._errors("listing containers"):
-            found = self.client.containers.list(all=True, filters=self._label_filters(labels))
+            found = self.client.containers.list(all=True, filters=self._label_filters(labels),
+                                                **self._list_options)
         return [self._container_info(container) for container in found]

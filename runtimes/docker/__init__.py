@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import docker
 import docker.errors
@@ -52,6 +52,9 @@ class DockerDriver(EngineApiDriver[docker.DockerClient]):
     _api_error = docker.errors.APIError
     # dockerd takes device requests at create and refuses them only at start.
     _gpus_refused_at_create = False
+    # docker-py inspects each listed container in turn: one removed meanwhile (by a watcher, a
+    # reaper, another session) must not fail the whole listing.
+    _list_options: ClassVar[dict[str, Any]] = {"ignore_removed": True}
 
     def __init__(self, host: str | None = None, *, timeout: float = 120.0) -> None:
         self._host = host

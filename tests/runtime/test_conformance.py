@@ -13,6 +13,7 @@ import sys
 import tarfile
 import time
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -398,3 +399,33 @@ def test_secret_file_names_are_checked(driver: RuntimeDriver, echo_image: str, c
             containers.run(RunSpec(echo_image, secret_files={name: b"x"}))
     leftovers = [c for c in driver.list(containers.labels) if c.id not in containers.started]
     assert leftovers == []
+
+
+def test_a_container_removed_while_listing_is_left_out(
+    driver: RuntimeDriver, echo_image: str, containers: Containers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A watcher, a reaper or another session may remove a container between the engine's list
+    # and an SDK's per-container look-up (docker-py inspects each one): the listing goes on.
+    sleeper = ["python3", "-c", "import time; time.sleep(600)"]
+    gone = containers.run(RunSpec(echo_image, command=sleeper))
+    kept = containers.run(RunSpec(echo_image, command=sleeper))
+    removed_meanwhile: list[str] = []
+    client = getattr(driver, "client", None)
+    if client is None:  # the CLI driver lists in one command: removed before it, the plain case
+        driver.remove(gone.id)
+        removed_meanwhile.append(gone.id)
+    else:
+        collection = type(client.containers)
+        real_get = collection.get
+
+        def get_after_removal(self: Any, container_id: str, *args: Any, **kwargs: Any) -> Any:
+            if not removed_meanwhile and gone.id.startswith(str(container_id)[:12]):
+                removed_meanwhile.append(gone.id)  # first: remove() looks the container up too
+                driver.remove(gone.id)
+            return real_get(self, container_id, *args, **kwargs)
+
+        monkeypatch.setattr(collection, "get", get_after_removal)
+    listed = {c.id for c in driver.list(containers.labels)}
+    assert kept.id in listed
+    # Where the SDK looks nothing up per container (podman-py), there is no race to absorb.
+    assert (gone.id in listed) == (not removed_meanwhile), (listed, removed_meanwhile)
