@@ -43,6 +43,7 @@ def open_connection(backend: Backend, address: str | int | None, *, host: str | 
         object_array=backend.object_array,
         server_key=server_key,
         client_key=client_key,
+        transport=transport,
     )
 
 
@@ -58,6 +59,11 @@ class AttachedClient(Closeable):
     @property
     def closed(self) -> bool:
         return self._connection is None
+
+    @property
+    def transport(self) -> str:
+        """How requests travel: ``"shm"`` (shared memory, the server shares this host) or ``"zmq"``."""
+        return self._live().transport
 
     def _live(self) -> Connection:
         if self._connection is None:
@@ -178,7 +184,11 @@ class RemoteEnvBase(_RemoteClient[ValueT, ActionT]):
     Args:
         address: ``"tcp://HOST:PORT"``, ``"HOST:PORT"``, a port on loopback, or
             ``"unix:///path.sock"``.
-        host, port, path, transport: Keyword helpers used when ``address`` is omitted.
+        host, port, path: Keyword helpers used when ``address`` is omitted.
+        transport: How requests travel. ``"auto"`` (default): over zmq, switched to a
+            shared-memory channel when the server runs on this host (also in a container);
+            ``"zmq"``: never shared memory; ``"shm"``: shared memory or a ``ConnectionError``.
+            ``"tcp"`` / ``"unix"`` pick the socket kind when ``address`` is omitted.
         connect_timeout: Seconds to wait for the server's handshake.
         request_timeout: Seconds to wait for a reply (``None``: as long as the server lives).
         heartbeat_interval: Seconds between liveness messages (``None`` to disable).

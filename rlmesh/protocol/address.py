@@ -9,10 +9,26 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["to_zmq_endpoint", "to_user_address", "DEFAULT_HOST"]
+__all__ = ["to_zmq_endpoint", "to_user_address", "DEFAULT_HOST", "TRANSPORTS", "channel_mode"]
 
 DEFAULT_HOST = "127.0.0.1"
 _HOST_PORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[^:/\s]+):(?P<port>\d+)$")
+
+
+#: What ``transport=`` accepts: how requests travel (``auto``: zmq, switched to shared memory
+#: when both ends share a host; ``zmq``: never shared memory; ``shm``: shared memory or an error)
+#: and, for the host/port/path helpers, which socket kind to use.
+TRANSPORTS = ("auto", "zmq", "shm", "tcp", "unix", "ipc")
+_SOCKET_KINDS = ("tcp", "unix", "ipc")
+
+
+def channel_mode(transport: str | None) -> str:
+    """``auto``, ``zmq`` or ``shm``: whether requests may, may not or must use shared memory."""
+    if transport is None or transport in _SOCKET_KINDS:
+        return "auto"
+    if transport not in TRANSPORTS:
+        raise ValueError(f"unknown transport {transport!r}; use one of {', '.join(TRANSPORTS)}")
+    return transport
 
 
 def _port(value: int | str) -> int:
@@ -31,9 +47,8 @@ def to_zmq_endpoint(
     transport: str | None = None,
 ) -> str:
     """Normalise any accepted address form to a zmq endpoint (``tcp://`` or ``ipc://``)."""
+    channel_mode(transport)  # refuse what is neither a socket kind nor a channel mode
     if address is None:
-        if transport not in (None, "tcp", "unix", "ipc"):
-            raise ValueError(f"unknown transport {transport!r}; use 'tcp' or 'unix'")
         if path is not None or transport in ("unix", "ipc"):
             if not path:
                 raise ValueError("a unix-socket address needs path=")

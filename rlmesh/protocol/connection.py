@@ -3,6 +3,11 @@
 A dead server never hangs a client: the socket monitor reports a dropped connection at once
 (TCP reset, unix socket closed), zmq heartbeats notice a peer that went silent, and connect and
 request timeouts bound everything else.
+
+When the server runs on this host (in a process or a container of its own), requests and
+replies switch to a shared-memory channel (:mod:`rlmesh.protocol.shm`) after the handshake;
+the zmq socket stays connected, so heartbeats and the watch on the server's liveness are the
+same either way.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from rlmesh.errors import (
     ServerBusyError,
     VersionMismatchError,
 )
-from rlmesh.protocol.address import to_user_address
+from rlmesh.protocol import shm
+from rlmesh.protocol.address import channel_mode, to_user_address
 from rlmesh.protocol.keys import ClientKeys, handshake_error
 from rlmesh.protocol.messages import (
     PROTOCOL_GENERATION,
@@ -69,6 +75,9 @@ class Connection:
             secret one (defaults ``$RLMESH_SERVER_KEY`` / ``$RLMESH_CLIENT_KEY``). A wrong,
             missing or unauthorized key raises :class:`~rlmesh.errors.AuthenticationError` at
             once, naming the key and the fix.
+        transport: ``"auto"`` (default) switches to shared memory when the server shares this
+            host, ``"zmq"`` never does, ``"shm"`` requires it (``ConnectionError`` otherwise).
+            ``"tcp"``/``"unix"`` mean ``"auto"`` here (they pick the socket kind of an address).
     """
 
     def __init__(
@@ -82,7 +91,9 @@ class Connection:
         object_array: Callable[[codec.ObjectArray], Any] | None = None,
         server_key: str | os.PathLike[str] | None = None,
         client_key: str | os.PathLike[str] | None = None,
+        transport: str | None = None,
     ) -> None:
+        mode = channel_mode(transport)
         connect_timeout = check_timeout("connect_timeout", connect_timeout)
         self.request_timeout = check_timeout("request_timeout", request_timeout)
         heartbeat_interval = check_timeout("heartbeat_interval", heartbeat_interval)
@@ -98,6 +109,7 @@ class Connection:
         self._closed = False
         self._broken: str | None = None
         self._lost_error: Exception | None = None
+        self._channel: shm.Channel | None = None
         #: Turns "lost the connection" into a truer error: a sandbox asks its engine what happened.
         self.explain_loss: Callable[[str], Exception] | None = None
         self._context: zmq.Context[Any] = zmq.Context.instance()
@@ -108,7 +120,7 @@ class Connection:
         self._heartbeat_stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
         try:
-            self.contract_wire = self._hello(connect_timeout)
+            self.contract_wire = self._hello(connect_timeout, mode)
         except BaseException:
             self.close(notify=False)
             raise
@@ -132,8 +144,13 @@ class Connection:
 
     # --- handshake ------------------------------------------------------------------------------
 
-    def _hello(self, timeout: float) -> dict[str, Any]:
-        payload = {"protocol": PROTOCOL_GENERATION, "version": __version__}
+    def _hello(self, timeout: float, mode: str) -> dict[str, Any]:
+        payload: dict[str, Any] = {"protocol": PROTOCOL_GENERATION, "version": __version__}
+        if mode != "zmq" and shm.available() and shm.kernel_id():
+            # The server offers shared memory only if it runs on this kernel (this host, or a
+            # container of it); nothing is offered across a network.
+            payload["transports"] = ["shm"]
+            payload["kernel"] = shm.kernel_id()
         try:
             contract = self.request(Request.HELLO, payload, timeout=timeout, connecting=True)
         except TimeoutError:
@@ -152,7 +169,27 @@ class Connection:
                 f"(protocol {protocol}); install the same version on both sides, e.g. "
                 f"`pip install rlmesh=={version}` here or rlmesh=={__version__} on the server"
             )
+        offer = contract.pop("shm", None)
+        if offer is not None:
+            self._channel = shm.open_segment(shm.SegmentOffer.from_wire(offer))
+            if self._channel is None:  # the server need not keep a thread waiting on the segment
+                send_frames(self._socket, codec.encode([Request.DECLINE, 0, self._session, None]))
+        if mode == "shm" and self._channel is None:
+            self.close()
+            why = ("this platform has no futexes or /dev/shm" if not shm.available() else
+                   "the server did not offer one (it runs on another host, or with transport='zmq', "
+                   "or its /dev/shm is full)" if offer is None else "this user may not open the server's memory (another user's "
+                   "container); run the client as the server's user or root")
+            raise ConnectionError(f"transport='shm': no shared-memory channel to {self.address}: {why}; "
+                                  "use transport='auto' to fall back to zmq")
+        if self._channel is not None:
+            log.debug("requests to %s go through shared memory", self.address)
         return contract
+
+    @property
+    def transport(self) -> str:
+        """``"shm"`` when requests go through shared memory, else ``"zmq"``."""
+        return "shm" if self._channel is not None else "zmq"
 
     # --- requests -------------------------------------------------------------------------------
 
@@ -174,13 +211,19 @@ class Connection:
             raise self._lost_error or ConnectionError(self._broken)
         self._request_id += 1
         self._pending_kind = kind
-        send_frames(self._socket, codec.encode([kind, self._request_id, self._session, payload]))
+        frames = codec.encode([kind, self._request_id, self._session, payload])
+        if self._channel is not None:
+            self._channel.send(frames, alive=self.check_alive)
+        else:
+            send_frames(self._socket, frames)
         return self._request_id
 
     def receive(self, request_id: int, *, timeout: float | None = None, connecting: bool = False) -> Any:
         """Wait for the reply to ``request_id`` and return its payload (or raise its error)."""
         wait = self.request_timeout if timeout is None else check_timeout("timeout", timeout)
         deadline = None if wait is None else time.monotonic() + wait
+        if self._channel is not None:
+            return self._receive_channel(request_id, wait, deadline)
         socket = self._socket
         while True:
             # Blocking receives of at most RECEIVE_SLICE_MS each: between them, look at the monitor.
@@ -193,15 +236,45 @@ class Connection:
                         self.mark_timed_out(wait or 0.0)
                     raise TimeoutError(self._broken or f"no reply from {self.address}") from None
                 continue
-            done, result = self._reply_to(request_id, frames)
+            done, result = self._reply_to(request_id, frame_contents(frames))
             if done:
                 return result
+
+    def _receive_channel(self, request_id: int, wait: float | None, deadline: float | None) -> Any:
+        channel = self._channel
+        assert channel is not None
+        while True:
+            left = shm.SLICE_S if deadline is None else min(shm.SLICE_S, deadline - time.monotonic())
+            if left > 0 and channel.wait(left):
+                done, result = self._reply_to(request_id, self._channel_frames())
+                if done:
+                    return result
+                continue
+            self._check_monitor(False)
+            if deadline is not None and time.monotonic() >= deadline:
+                self.mark_timed_out(wait or 0.0)
+                raise TimeoutError(self._broken or f"no reply from {self.address}") from None
+
+    def _channel_frames(self) -> list[Any]:
+        assert self._channel is not None
+        return self._channel.receive(alive=self.check_alive)
 
     def wait_reply(self, request_id: int, timeout: float) -> tuple[bool, Any]:
         """Wait up to ``timeout`` seconds: ``(True, payload)`` once the reply is in, else
         ``(False, None)``. Unlike :meth:`receive`, running out of time leaves the connection
         usable and the request answerable: waiting again later still gets its reply."""
         deadline = time.monotonic() + check_timeout("timeout", timeout)
+        if self._channel is not None:
+            while True:
+                left = min(shm.SLICE_S, deadline - time.monotonic())
+                if left > 0 and self._channel.wait(left):
+                    done, value = self._reply_to(request_id, self._channel_frames())
+                    if done:
+                        return True, value
+                    continue
+                self._check_monitor(False)
+                if time.monotonic() >= deadline:
+                    return False, None
         socket = self._socket
         while True:
             slice_ms = max(0, min(RECEIVE_SLICE_MS, int((deadline - time.monotonic()) * 1000) + 1))
@@ -218,19 +291,34 @@ class Connection:
         """Read what has arrived: ``(True, payload)`` once the reply to ``request_id`` is in,
         else ``(False, None)``; an error reply raises its exception. ``block`` waits up to one
         receive slice (:data:`RECEIVE_SLICE_MS`) for each message instead of returning at once."""
+        if self._channel is not None:
+            while self._channel.wait(RECEIVE_SLICE_MS / 1000 if block else 0.0, sleep=block):
+                done, result = self._reply_to(request_id, self._channel_frames())
+                if done:
+                    return True, result
+            return False, None
         flags = 0 if block else _NOBLOCK
         while True:
             try:
                 frames = recv_frames(self._socket, flags)
             except zmq.Again:
                 return False, None
-            done, result = self._reply_to(request_id, frames)
+            done, result = self._reply_to(request_id, frame_contents(frames))
             if done:
                 return True, result
 
-    def _reply_to(self, request_id: int, frames: list[zmq.Frame]) -> tuple[bool, Any]:
-        """Decode one reply: ``(True, payload)`` if it answers ``request_id``; errors raise."""
-        reply = codec.decode(frame_contents(frames), self._tensor_factory, self._object_array)
+    def ready(self) -> bool:
+        """Whether a shared-memory reply is waiting (a zmq reply shows on :attr:`socket` instead)."""
+        return self._channel is not None and self._channel.ready()
+
+    def wait_channel(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for a shared-memory reply; ``False`` on zmq connections."""
+        return self._channel is not None and self._channel.wait(timeout)
+
+    def _reply_to(self, request_id: int, frames: list[Any]) -> tuple[bool, Any]:
+        """Decode one reply (its frame contents): ``(True, payload)`` if it answers ``request_id``;
+        errors raise."""
+        reply = codec.decode(frames, self._tensor_factory, self._object_array)
         if not isinstance(reply, list) or len(reply) != 3:
             raise ProtocolError(f"malformed reply from {self.address}")
         status, reply_id, result = reply
@@ -327,6 +415,8 @@ class Connection:
         self._heartbeat_stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=1.0)
+        if self._channel is not None:
+            self._channel.close()
         self._socket.disable_monitor()
         self._monitor.close(linger=0)
         self._socket.close(linger=0)

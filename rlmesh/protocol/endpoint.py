@@ -26,7 +26,9 @@ import zmq
 
 from rlmesh._version import __version__
 from rlmesh.errors import ProtocolError
+from rlmesh.protocol import shm
 from rlmesh.protocol.address import to_user_address, to_zmq_endpoint
+from rlmesh.protocol.channels import SessionChannel
 from rlmesh.protocol.keys import ServerKeys, is_private_endpoint
 from rlmesh.protocol.messages import (
     PROTOCOL_GENERATION,
@@ -137,7 +139,12 @@ class Endpoint:
         authorized_keys: str | os.PathLike[str] | None = None,
         insecure: bool = False,
         max_sessions: int = 1,
+        transport: str = "auto",
     ) -> None:
+        if transport not in ("auto", "zmq"):
+            raise ValueError(f"a server's transport is 'auto' (shared memory for clients on this host) "
+                             f"or 'zmq' (never shared memory), got {transport!r}")
+        self.transport = transport
         if busy_poll < 0:
             raise ValueError(f"busy_poll must be >= 0 seconds (0 turns it off); got {busy_poll!r}")
         self.session_timeout = check_timeout("session_timeout", session_timeout)
@@ -184,6 +191,8 @@ class Endpoint:
         # Several sessions are answered by a worker each, so one slow env stalls only its client.
         self._workers = SessionWorkers(self._context, self._answer_job, self._detached) \
             if max_sessions > 1 else None
+        #: Sessions that were offered a shared-memory channel, and its serving thread.
+        self._channels: dict[str, SessionChannel] = {}
         self._stop = threading.Event()
         self._signalled = False
         self._thread: threading.Thread | None = None
@@ -209,6 +218,10 @@ class Endpoint:
 
     def _release(self) -> None:
         """Free what the subclass holds, once, after the socket is closed."""
+
+    def _channel_capacity(self) -> int:
+        """Bytes per direction of a session's shared-memory segment; bigger messages go in chunks."""
+        return 1 << 20
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -296,6 +309,8 @@ class Endpoint:
         if self._closed:
             return
         self._closed = True
+        for channel in list(self._channels.values()):
+            channel.stop()
         if self._workers is not None:
             self._workers.close()
         self._close_socket()
@@ -395,6 +410,9 @@ class Endpoint:
     def _drop(self, session: str) -> None:
         if not self._sessions.detach(session):
             return
+        channel = self._channels.pop(session, None)
+        if channel is not None:  # its thread answers nothing more (it finishes a request under way)
+            channel.stop()
         if self._workers is not None:
             self._workers.stop(session)  # its worker detaches it after its last reply
         else:
@@ -418,6 +436,10 @@ class Endpoint:
             if isinstance(session, str):
                 self._sessions.touch(session)
             return
+        if kind == Request.DECLINE:
+            if isinstance(session, str) and session in self._channels:
+                self._channels.pop(session).stop()  # the client stays on zmq
+            return
         if kind not in (Request.HELLO, Request.CLOSE) and session in self._sessions:
             self._sessions.touch(session, completed=True)
             if self._workers is not None:
@@ -427,7 +449,7 @@ class Endpoint:
 
     def _answer_job(self, session: str, job: tuple[bytes, int, str, Any]) -> list[Any]:
         _, request_id, kind, payload = job
-        return self._reply_frames(request_id, kind, lambda: self._answer(session, kind, payload))
+        return self._reply_frames(request_id, kind, lambda: self._answer_one(session, kind, payload))
 
     def _reply_frames(self, request_id: int, kind: str, compute: Any) -> list[Any]:
         """The reply to one request: ``compute()``'s result, or the error it raised."""
@@ -468,7 +490,15 @@ class Endpoint:
         if kind == Request.CLOSE:
             self._drop(session)
             return None
-        return self._answer(session, kind, payload)
+        return self._answer_one(session, kind, payload)
+
+    def _answer_one(self, session: str, kind: str, payload: Any) -> Any:
+        """:meth:`_answer`, one request of a session at a time even if it also has a channel."""
+        channel = self._channels.get(session)
+        if channel is None:
+            return self._answer(session, kind, payload)
+        with channel.lock:
+            return self._answer(session, kind, payload)
 
     def _hello(self, session: Any, payload: Any) -> Any:
         if not isinstance(session, str) or not isinstance(payload, dict):
@@ -500,4 +530,68 @@ class Endpoint:
             raise
         if self._workers is not None:
             self._workers.start(session)
-        return self._handshake()
+        handshake = self._handshake()
+        wanted = payload.get("transports")
+        same_kernel = bool(shm.kernel_id()) and payload.get("kernel") == shm.kernel_id()
+        if self.transport == "auto" and isinstance(wanted, list) and "shm" in wanted and same_kernel:
+            offer = self._offer_channel(session)
+            if offer is not None:
+                handshake = {**handshake, "shm": offer}
+        return handshake
+
+    # --- the shared-memory channel --------------------------------------------------------------
+
+    def _offer_channel(self, session: str) -> dict[str, Any] | None:
+        """Make ``session`` a shared-memory segment and serve it; the offer for the client."""
+        try:
+            channel, offer = shm.create_segment(self._channel_capacity())
+        except OSError as exc:  # a full or missing /dev/shm: this client stays on zmq
+            log.info("no shared-memory channel for client %s: %s", session[:8], exc)
+            return None
+        self._channels[session] = SessionChannel(
+            session, channel, lambda frames: self._channel_request(session, frames),
+            refuse=lambda exc: codec.encode(["error", -1, _error_payload(ErrorKind.PROTOCOL, exc)]),
+            goodbye=lambda: codec.encode(["error", -1, {
+                "kind": ErrorKind.NOT_ATTACHED, "type": "", "traceback": "",
+                "message": "this client is not attached (it was silent for too long, or the server "
+                           "stopped); reconnect with a new client"}]),
+        ).start()
+        return offer.to_wire()
+
+    def _channel_request(self, session: str, frames: list[Any]) -> tuple[list[Any], bool]:
+        """Answer one request that came through ``session``'s channel (on that channel's thread)."""
+        try:
+            request = codec.decode(frames, self._tensor_factory, self._object_array)
+            if not isinstance(request, list) or len(request) != 4 or request[2] != session:
+                raise ProtocolError("request must be [kind, request_id, session, payload] of this session")
+            kind, request_id, _, payload = request
+            if not isinstance(request_id, int) or isinstance(request_id, bool):
+                raise ProtocolError("request id must be an integer")
+            if kind in (Request.HELLO, Request.HEARTBEAT):
+                raise ProtocolError(f"a {kind} cannot come through the shared-memory channel")
+        except ProtocolError as exc:
+            return codec.encode(["error", -1, _error_payload(ErrorKind.PROTOCOL, exc)]), False
+        if kind == Request.CLOSE:
+            self._close_on_loop(session)
+            return codec.encode(["ok", request_id, None]), True
+        self._sessions.touch(session, completed=True)
+        return self._reply_frames(request_id, kind, lambda: self._answer_one(session, kind, payload)), False
+
+    def _close_on_loop(self, session: str) -> None:
+        """Detach ``session`` on the serving thread, which owns the session bookkeeping, and wait."""
+        channel = self._channels.get(session)
+        if channel is not None:
+            channel.closing = True
+        closer = self._context.socket(zmq.DEALER)
+        closer.setsockopt(zmq.LINGER, 0)
+        try:
+            closer.connect(self._wake_endpoint)
+            send_frames(closer, codec.encode([Request.CLOSE, 0, session, None]))
+            if not closer.poll(5000):
+                log.warning("the server did not detach client %s within 5 s", session[:8])
+            else:
+                closer.recv_multipart()
+        except zmq.ZMQError:  # the server is stopping: its cleanup detaches everyone
+            pass
+        finally:
+            closer.close()

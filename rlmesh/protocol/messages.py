@@ -71,6 +71,7 @@ class Request:
     CLOSE: Final = "close"
     HEARTBEAT: Final = "heartbeat"  # one-way, never answered
     PREDICT: Final = "predict"  # model endpoints only
+    DECLINE: Final = "decline"  # one-way: the client stays on zmq rather than take the offered channel
 
 
 #: ``kind`` in a model endpoint's handshake (env endpoints send an env contract instead).

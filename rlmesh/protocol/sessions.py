@@ -68,12 +68,12 @@ class Sessions:
     def silent_for(self, seconds: float) -> list[str]:
         """Sessions not heard from for more than ``seconds``."""
         now = time.monotonic()
-        return [token for token, seen in self._seen.items() if now - seen > seconds]
+        return [token for token, seen in list(self._seen.items()) if now - seen > seconds]
 
     def unproven(self) -> str | None:
         """The oldest session that never completed a request and had :data:`UNPROVEN_GRACE` s to."""
         now = time.monotonic()
-        waiting = [(at, token) for token, at in self._attached_at.items()
+        waiting = [(at, token) for token, at in list(self._attached_at.items())
                    if token not in self._proven and now - at > UNPROVEN_GRACE]
         return min(waiting)[1] if waiting else None
 

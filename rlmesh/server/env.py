@@ -128,6 +128,8 @@ class EnvServer(Endpoint):
         allow_calls: Answer clients' ``call`` / ``get_attr`` / ``set_attr`` requests, which run
             public methods of the env and set its attributes by name (names starting with
             ``_`` are always refused). ``False`` refuses them all with a ``PermissionError``.
+        transport: ``"auto"`` (default) offers clients on this host, including this server's
+            own container host, a shared-memory channel after the handshake; ``"zmq"`` never does.
 
     A client past ``max_sessions`` gets a :class:`~rlmesh.errors.ServerBusyError` naming the
     limit until another closes or times out. A client that attached but never sent a request
@@ -151,6 +153,7 @@ class EnvServer(Endpoint):
         insecure: bool = False,
         max_sessions: int | None = None,
         allow_calls: bool = True,
+        transport: str = "auto",
     ) -> None:
         self.allow_calls = allow_calls
         self._factory: Callable[[], Any] | None = env if _is_factory(env) else None
@@ -175,11 +178,17 @@ class EnvServer(Endpoint):
         super().__init__(address, session_timeout=session_timeout, owner_timeout=owner_timeout,
                          busy_poll=busy_poll, tensor_factory=_decode_tensor_factory(),
                          server_key=server_key, authorized_keys=authorized_keys, insecure=insecure,
-                         max_sessions=max_sessions)
+                         max_sessions=max_sessions, transport=transport)
         log.info("serving %s on %s", self.contract.env_id or type(self.env).__name__, self.address)
 
     def _handshake(self) -> dict[str, Any]:
         return self.contract.to_wire()
+
+    def _channel_capacity(self) -> int:
+        # Room for a reset or step reply in one piece: observations twice over (a vector env's
+        # final observations), plus the small fields; renders and bigger infos go in chunks.
+        observation = _space_bytes(self._observation_space)
+        return min(16 << 20, max(1 << 20, 2 * observation + (256 << 10)))
 
     def _release(self) -> None:
         envs = [*self._envs.values(), *self._spare] if self._factory is not None else [self.env]
@@ -326,3 +335,20 @@ def _batch_actions(env: Any, actions: Sequence[Any]) -> Any:
 def _short_repr(value: Any, limit: int = 120) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _space_bytes(space: Any) -> int:
+    """Bytes of one value of ``space``'s arrays (0 for what it cannot tell)."""
+    spaces = getattr(space, "spaces", None)
+    if isinstance(spaces, dict):
+        return sum(_space_bytes(sub) for sub in spaces.values())
+    if isinstance(spaces, (list, tuple)):
+        return sum(_space_bytes(sub) for sub in spaces)
+    shape, dtype = getattr(space, "shape", None), getattr(space, "dtype", None)
+    itemsize = getattr(dtype, "itemsize", 0)
+    if not isinstance(shape, tuple) or not isinstance(itemsize, int):
+        return 0
+    count = 1
+    for size in shape:
+        count *= int(size)
+    return count * itemsize

@@ -56,8 +56,8 @@ class ModelServer(Endpoint):
         backend: How observations decode before ``predict`` sees them: ``"numpy"``,
             ``"torch"`` or ``"plain"`` (rlmesh Tensors).
         info: Extra handshake fields the client may read (e.g. ``{"batched": True}``).
-        session_timeout / owner_timeout / busy_poll / server_key / authorized_keys / insecure: As
-            for :class:`~rlmesh.server.EnvServer`.
+        session_timeout / owner_timeout / busy_poll / server_key / authorized_keys / insecure /
+            transport: As for :class:`~rlmesh.server.EnvServer`.
     """
 
     role = "model server"
@@ -67,14 +67,15 @@ class ModelServer(Endpoint):
                  session_timeout: float = 30.0, owner_timeout: float | None = None,
                  busy_poll: float = DEFAULT_BUSY_POLL,
                  server_key: str | os.PathLike[str] | None = None,
-                 authorized_keys: str | os.PathLike[str] | None = None, insecure: bool = False) -> None:
+                 authorized_keys: str | os.PathLike[str] | None = None, insecure: bool = False,
+                 transport: str = "auto") -> None:
         self.predict = predict
         self.backend = backend_named(backend)
         self.info = dict(info or {})
         super().__init__(address, session_timeout=session_timeout, owner_timeout=owner_timeout,
                          busy_poll=busy_poll, tensor_factory=self.backend.tensor_factory,
                          object_array=self.backend.object_array, server_key=server_key,
-                         authorized_keys=authorized_keys, insecure=insecure)
+                         authorized_keys=authorized_keys, insecure=insecure, transport=transport)
         log.info("serving a model on %s", self.address)
 
     def _handshake(self) -> dict[str, Any]:

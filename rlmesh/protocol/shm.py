@@ -1,0 +1,435 @@
+"""The same-host fast path: request/reply messages through one shared-memory segment per session.
+
+The server creates the segment (mode 0600, an unguessable name, its own ``/dev/shm``), offers it
+in the handshake together with a nonce, and the client maps it by name: through
+``/proc/<server pid>/root`` when the server runs in a container of this host. The nonce, sent
+over the (possibly encrypted) zmq channel and written into the segment, proves both ends mapped
+the same memory; then the name is unlinked, so nothing is left in ``/dev/shm`` whatever happens
+to either end later.
+
+Each direction is a mailbox: the writer copies a message's frames into its data area and bumps
+a sequence word; the reader spins on that word for a short, adaptive while and then sleeps on
+it with a futex (a kernel wait on a word of shared memory, which works across containers
+since they share the kernel). A sleeper announces itself with a flag, so a writer only makes
+the wake-up system call when someone sleeps. A message bigger than the data area travels in
+chunks, each acknowledged. Everything read from the segment is bounds-checked: a peer writing
+garbage gets a :class:`~rlmesh.errors.ProtocolError`, never an out-of-bounds read.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import mmap
+import os
+import platform
+import secrets
+import struct
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rlmesh.errors import ProtocolError
+
+__all__ = ["Channel", "SegmentOffer", "available", "create_segment", "open_segment", "local_pid", "kernel_id"]
+
+log = logging.getLogger(__name__)
+
+_MAGIC = b"RLMSHM01"
+_PAGE = 4096
+_NONCE = 16
+#: Word indices (uint32) of a mailbox's control words: the writer's sequence, the reader's
+#: acknowledgement of a chunk, and a "sleeping on it" flag for each of the two.
+_SEQ, _ACK = 0, 1
+_SLEEPS = 2  # flag of word i is word i + _SLEEPS
+_BOX_WORD = (32, 48)  # request mailbox at byte 128, reply mailbox at byte 192
+_CHUNK_HEAD = struct.Struct("<QQ")  # message length, this chunk's length
+_FRAME_COUNT = struct.Struct("<I")
+_MAX_FRAMES = 1 << 16
+#: Longest a single futex sleep lasts before the waiter looks at deadlines, stop flags and
+#: whether its peer is alive.
+SLICE_S = 0.1
+#: Upper bound of the adaptive spin before sleeping (nanoseconds).
+MAX_SPIN_NS = 200_000
+_SHM_ROOT = "/dev/shm"
+_PREFIX = "rlmesh-"
+
+_FUTEX_WAIT, _FUTEX_WAKE = 0, 1
+_SYS_FUTEX = {"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98}.get(platform.machine().lower())
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def _libc_syscall() -> Any:
+    if _SYS_FUTEX is None or not os.path.isdir(_SHM_ROOT):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)  # CDLL calls release the GIL while they block
+        syscall = libc.syscall
+    except (OSError, AttributeError):
+        return None
+    syscall.restype = ctypes.c_long
+    return syscall
+
+
+_syscall = _libc_syscall()
+
+
+def available() -> bool:
+    """Whether this platform can use the shared-memory path (Linux with futexes and /dev/shm)."""
+    return _syscall is not None
+
+
+def kernel_id() -> str:
+    """This kernel's boot id: the same in every container of a host, different on any other host."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as file:
+            return file.read().strip()
+    except OSError:
+        return ""
+
+
+def _fence(_lock: threading.Lock = threading.Lock()) -> None:
+    """A full memory barrier: an uncontended lock's atomic instruction orders a store before a
+    later load, which the announce-then-check handshake of sleeper and waker relies on."""
+    _lock.acquire()
+    _lock.release()
+
+
+def local_pid() -> dict[str, Any]:
+    """How a client finds this process: its pid and its pid namespace."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return {"pid": os.getpid(), "pidns": namespace}
+
+
+def _host_pid(pid: int, namespace: str) -> int | None:
+    """This host's pid of the process that is ``pid`` in pid namespace ``namespace`` (a container)."""
+    try:
+        if os.readlink("/proc/self/ns/pid") == namespace:
+            return pid
+    except OSError:
+        return None
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as file:
+                nspid = next((line.split()[1:] for line in file if line.startswith("NSpid:")), [])
+            if len(nspid) > 1 and nspid[-1] == str(pid) and os.readlink(f"/proc/{entry}/ns/pid") == namespace:
+                return int(entry)
+        except (OSError, ValueError):  # gone, or not ours to look at
+            continue
+    return None
+
+
+class SegmentOffer:
+    """What the server tells a client about a segment it made for it (the ``shm`` hello field)."""
+
+    def __init__(self, name: str, nonce: bytes, size: int, pid: int, pidns: str) -> None:
+        self.name, self.nonce, self.size, self.pid, self.pidns = name, nonce, size, pid, pidns
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"name": self.name, "nonce": self.nonce, "size": self.size, "pid": self.pid, "pidns": self.pidns}
+
+    @classmethod
+    def from_wire(cls, data: Any) -> SegmentOffer:
+        try:
+            offer = cls(str(data["name"]), bytes(data["nonce"]), int(data["size"]), int(data["pid"]),
+                        str(data["pidns"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"malformed shared-memory offer: {exc}") from exc
+        if not offer.name.startswith(_PREFIX) or "/" in offer.name or len(offer.nonce) != _NONCE:
+            raise ProtocolError("malformed shared-memory offer")
+        return offer
+
+
+def _sweep_orphans() -> None:
+    """Remove segments of this user whose server died before a client mapped them."""
+    try:
+        names = [n for n in os.listdir(_SHM_ROOT) if n.startswith(_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        try:
+            pid = int(name[len(_PREFIX):].split("-", 1)[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            try:
+                os.unlink(os.path.join(_SHM_ROOT, name))
+            except OSError:
+                pass
+        except (ValueError, OSError):  # not ours, or a live process of another user
+            continue
+
+
+def create_segment(capacity: int) -> tuple[Channel, SegmentOffer]:
+    """A new segment with ``capacity`` bytes per direction, as the server's channel and its offer."""
+    if not available():
+        raise OSError("shared memory is not available on this platform")
+    _sweep_orphans()
+    capacity = max(_PAGE, -(-capacity // _PAGE) * _PAGE)
+    name = f"{_PREFIX}{os.getpid()}-{secrets.token_hex(16)}"
+    path = os.path.join(_SHM_ROOT, name)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        size = _PAGE + 2 * capacity
+        # Reserve the pages now: a full tmpfs must fail here, not as a SIGBUS mid-step.
+        os.posix_fallocate(fd, 0, size)
+        memory = mmap.mmap(fd, size)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
+    nonce = secrets.token_bytes(_NONCE)
+    memory[:8] = _MAGIC
+    memory[8:8 + _NONCE] = nonce
+    struct.pack_into("<Q", memory, 24, capacity)
+    channel = Channel(memory, capacity, server=True, path=path)
+    offer = SegmentOffer(name, nonce, size, **local_pid())
+    return channel, offer
+
+
+def open_segment(offer: SegmentOffer) -> Channel | None:
+    """The client's channel for ``offer``, or ``None`` if this process cannot reach that segment
+    (another host, or a container whose memory this user may not open)."""
+    if not available():
+        return None
+    pid = _host_pid(offer.pid, offer.pidns)
+    if pid is None:
+        log.debug("shared memory: the server's process is not visible from here")
+        return None
+    path = f"/proc/{pid}/root{_SHM_ROOT}/{offer.name}"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        log.debug("shared memory: cannot open the server's segment: %s", exc)
+        return None
+    try:
+        if os.fstat(fd).st_size != offer.size:
+            return None
+        memory = mmap.mmap(fd, offer.size)
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+    capacity = struct.unpack_from("<Q", memory, 24)[0]
+    if (memory[:8] != _MAGIC or not secrets.compare_digest(memory[8:8 + _NONCE], offer.nonce)
+            or _PAGE + 2 * capacity != offer.size):
+        memory.close()  # the same name, but not the memory that server offered
+        return None
+    return Channel(memory, capacity, server=False)
+
+
+class Channel:
+    """One end of a segment: :meth:`send` a message, :meth:`receive` the peer's.
+
+    Messages strictly alternate (request, reply, request, ...), as the protocol does.
+    """
+
+    def __init__(self, memory: mmap.mmap, capacity: int, *, server: bool, path: str | None = None) -> None:
+        self._memory = memory
+        self.capacity = capacity
+        self.path = path
+        self._view = memoryview(memory)
+        self._words = self._view[:_PAGE].cast("I")
+        self._anchor = ctypes.c_char.from_buffer(memory)  # for the futex addresses
+        self._base = ctypes.addressof(self._anchor)
+        mine, theirs = (1, 0) if server else (0, 1)  # a server writes replies, reads requests
+        self._out_word, self._in_word = _BOX_WORD[mine], _BOX_WORD[theirs]
+        self._out_data = _PAGE + mine * capacity
+        self._in_data = _PAGE + theirs * capacity
+        self._sent = self._words[self._out_word + _SEQ]
+        self._seen = self._words[self._in_word + _SEQ]
+        self._spin_ns = MAX_SPIN_NS // 2
+        self.closed = False
+
+    # --- waiting ------------------------------------------------------------------------------
+
+    def _futex(self, word: int, operation: int, value: int, timeout: float | None = None) -> None:
+        address = ctypes.c_void_p(self._base + 4 * word)
+        spec = None
+        if timeout is not None:
+            spec = ctypes.byref(_Timespec(int(timeout), int((timeout % 1) * 1e9)))
+        _syscall(_SYS_FUTEX, address, operation, ctypes.c_uint32(value), spec, None, 0)
+
+    def _post(self, box: int, index: int, value: int) -> None:
+        words = self._words
+        words[box + index] = value
+        _fence()
+        if words[box + index + _SLEEPS]:
+            self._futex(box + index, _FUTEX_WAKE, 1 << 30)
+
+    def _wait(self, box: int, index: int, seen: int, timeout: float, sleep: bool = True) -> bool:
+        """Wait up to ``timeout`` s for word ``index`` of mailbox ``box`` to move from ``seen``."""
+        words, word = self._words, box + index
+        if words[word] != seen:
+            return True
+        started = time.perf_counter_ns()
+        spin_until = started + min(self._spin_ns, int(timeout * 1e9))
+        yield_ = os.sched_yield
+        while time.perf_counter_ns() < spin_until:
+            yield_()  # a peer sharing this CPU gets to run; a no-op on an idle machine
+            if words[word] != seen:
+                self._adapt(time.perf_counter_ns() - started, False)
+                return True
+        if not sleep:
+            return False
+        deadline = time.monotonic() + timeout
+        flag = word + _SLEEPS
+        words[flag] = 1
+        try:
+            _fence()
+            while words[word] == seen:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._futex(word, _FUTEX_WAIT, seen, min(left, SLICE_S))
+        finally:
+            words[flag] = 0
+        self._adapt(time.perf_counter_ns() - started, True)
+        return True
+
+    def _adapt(self, waited_ns: int, slept: bool) -> None:
+        """Spin about twice as long as the peer usually takes, while that is short enough to pay.
+
+        A wait that spun in time keeps the window at least twice its length; one that just
+        missed it widens the window; a peer that takes much longer than any window (a slow
+        env, a client thinking between steps) narrows it, so waiting for it costs no CPU.
+        """
+        if not slept:
+            self._spin_ns = max(self._spin_ns, min(2 * waited_ns, MAX_SPIN_NS))
+        elif waited_ns < 4 * MAX_SPIN_NS:
+            self._spin_ns = min(2 * self._spin_ns + 1000, MAX_SPIN_NS)
+        else:
+            self._spin_ns //= 2
+
+    # --- messages -----------------------------------------------------------------------------
+
+    def send(self, frames: Sequence[Any], *, alive: Callable[[], None] | None = None) -> None:
+        """Write one message (a list of byte buffers) for the peer."""
+        if self.closed:
+            raise ConnectionError("the shared-memory channel is closed")
+        views = [memoryview(frame).cast("B") for frame in frames]
+        if len(views) > _MAX_FRAMES:
+            raise ValueError(f"a message of more than {_MAX_FRAMES} frames")
+        head = _FRAME_COUNT.pack(len(views)) + struct.pack(f"<{len(views)}Q", *(v.nbytes for v in views))
+        total = len(head) + sum(v.nbytes for v in views)
+        room = self.capacity - _CHUNK_HEAD.size
+        view, box = self._view, self._out_word
+        start = self._out_data + _CHUNK_HEAD.size
+        if total <= room:  # the usual case: frames go straight into place
+            _CHUNK_HEAD.pack_into(view, self._out_data, total, total)
+            at = start + len(head)
+            view[start:at] = head
+            for frame in views:
+                view[at:at + frame.nbytes] = frame
+                at += frame.nbytes
+            self._sent = (self._sent + 1) & 0xFFFFFFFF
+            self._post(box, _SEQ, self._sent)
+            return
+        message = b"".join([head, *views])
+        for offset in range(0, total, room):
+            chunk = message[offset:offset + room]
+            while offset and self._words[box + _ACK] != self._sent:  # the reader took the last chunk?
+                if not self._wait(box, _ACK, self._words[box + _ACK], SLICE_S) and alive is not None:
+                    alive()
+            _CHUNK_HEAD.pack_into(view, self._out_data, total, len(chunk))
+            view[start:start + len(chunk)] = chunk
+            self._sent = (self._sent + 1) & 0xFFFFFFFF
+            self._post(box, _SEQ, self._sent)
+
+    def ready(self) -> bool:
+        """Whether a message from the peer is waiting."""
+        return bool(self._words[self._in_word + _SEQ] != self._seen)
+
+    def wait(self, timeout: float, *, sleep: bool = True) -> bool:
+        """Wait up to ``timeout`` s for a message from the peer (``sleep=False``: only spin)."""
+        return self.ready() or self._wait(self._in_word, _SEQ, self._seen, timeout, sleep)
+
+    def receive(self, *, alive: Callable[[], None] | None = None, copy: bool = False) -> list[Any]:
+        """The peer's waiting message as frames (call after :meth:`wait` said one is in).
+
+        The header is bytes; the other frames are read-only views of the segment, valid until this
+        end sends its next message, unless ``copy`` (then bytes).
+        """
+        box, view = self._in_word, self._view
+        self._seen = (self._seen + 1) & 0xFFFFFFFF
+        total, length = self._chunk()
+        start = self._in_data + _CHUNK_HEAD.size
+        if length == total:
+            data: memoryview = view[start:start + total]
+        else:
+            # Gathered as it comes, never allocated up front: a peer announcing a huge message
+            # must actually write it, as it would have to over a socket.
+            parts, got = [bytes(view[start:start + length])], length
+            while True:
+                self._post(box, _ACK, self._seen)
+                if got == total:
+                    break
+                while not self._wait(box, _SEQ, self._seen, SLICE_S):
+                    if alive is not None:
+                        alive()
+                self._seen = (self._seen + 1) & 0xFFFFFFFF
+                more, length = self._chunk()
+                if more != total or length > total - got:
+                    raise ProtocolError("the shared-memory peer sent an inconsistent chunk")
+                parts.append(bytes(view[start:start + length]))
+                got += length
+            data, copy = memoryview(b"".join(parts)), False
+        return _split(data, copy)
+
+    def _chunk(self) -> tuple[int, int]:
+        total, length = _CHUNK_HEAD.unpack_from(self._view, self._in_data)
+        if not 0 < length <= min(total, self.capacity - _CHUNK_HEAD.size):
+            raise ProtocolError(f"the shared-memory peer sent a chunk of {length} bytes (of {total})")
+        return total, length
+
+    def close(self) -> None:
+        """Unmap the segment (and remove its name, if this end still has it)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.unlink()
+        self._words.release()
+        del self._anchor
+        self._view.release()
+        try:
+            self._memory.close()
+        except BufferError:  # a decoded view still points into it: the mapping goes with it
+            log.debug("shared-memory segment still referenced; unmapped when released")
+
+    def unlink(self) -> None:
+        """Remove the segment's name: it lives on only while mapped."""
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            self.path = None
+
+
+def _split(data: memoryview, copy: bool) -> list[Any]:
+    """The frames of one message, checked against its length."""
+    if data.nbytes < _FRAME_COUNT.size:
+        raise ProtocolError("the shared-memory peer sent a message without a frame count")
+    (count,) = _FRAME_COUNT.unpack_from(data)
+    at = _FRAME_COUNT.size + 8 * count
+    if count == 0 or count > _MAX_FRAMES or at > data.nbytes:
+        raise ProtocolError(f"the shared-memory peer sent a message of {count} frames")
+    lengths = struct.unpack_from(f"<{count}Q", data, _FRAME_COUNT.size)
+    if at + sum(lengths) != data.nbytes:
+        raise ProtocolError("the shared-memory peer's frame lengths do not add up to its message")
+    frames: list[Any] = []
+    for length in lengths:
+        frame = data[at:at + length]
+        # Read-only views: a backend that builds arrays from them copies once, out of the segment.
+        frames.append(bytes(frame) if copy or not frames else frame.toreadonly())
+        at += length
+    return frames

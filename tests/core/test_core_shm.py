@@ -1,0 +1,437 @@
+"""The same-host shared-memory channel: chosen when it should be, equal to zmq, safe, and clean.
+
+Every other core test runs over it too (``transport="auto"`` is the default and the test servers
+share this host); here are the properties of its own: the choice, equality with the zmq path
+for every space kind and backend, segment hygiene on every kill path, and hostile peers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import core_envs
+import numpy as np
+import pytest
+import torch
+import zmq
+
+import rlmesh
+import rlmesh.numpy as rnp
+import rlmesh.torch as rtorch
+from rlmesh import EnvServer
+from rlmesh.errors import ProtocolError
+from rlmesh.protocol import shm
+from rlmesh.protocol.connection import Connection
+from rlmesh.protocol.messages import PROTOCOL_GENERATION
+from rlmesh.wire import codec
+
+pytestmark = pytest.mark.skipif(not shm.available(), reason="no futexes or /dev/shm on this platform")
+
+ZOO = core_envs.space_zoo()
+
+
+def our_segments(pid: int | None = None) -> list[str]:
+    """Names in /dev/shm that rlmesh made (of process ``pid``, if given)."""
+    prefix = "rlmesh-" if pid is None else f"rlmesh-{pid}-"
+    return [name for name in os.listdir("/dev/shm") if name.startswith(prefix)]
+
+
+def raw_hello(address: str, kernel: str) -> dict[str, Any]:
+    """The handshake reply to a hello that asks for shared memory from kernel ``kernel``."""
+    socket = zmq.Context.instance().socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.connect(address if "://" in address else f"tcp://{address}")
+    try:
+        payload = {"protocol": PROTOCOL_GENERATION, "version": rlmesh.__version__,
+                   "transports": ["shm"], "kernel": kernel}
+        socket.send_multipart(codec.encode(["hello", 1, "raw-hello", payload]))
+        assert socket.poll(10_000), "no handshake reply"
+        status, _, contract = codec.decode(socket.recv_multipart())
+        assert status == "ok", contract
+        socket.send_multipart(codec.encode(["close", 2, "raw-hello", None]))
+        socket.poll(2000)
+        return dict(contract)
+    finally:
+        socket.close()
+
+
+# --- the choice ---------------------------------------------------------------------------------
+
+def test_same_host_clients_take_shared_memory_and_zmq_forces_the_socket(server_pool: Any, clients: Any) -> None:
+    address = server_pool("cartpole")
+    fast = clients(rnp.RemoteEnv, address)
+    assert fast.transport == "shm"
+    fast.reset(seed=3)
+    fast_steps = [fast.step(i % 2)[0] for i in range(20)]
+    fast.close()
+    plain = clients(rnp.RemoteEnv, address, transport="zmq")
+    assert plain.transport == "zmq"
+    plain.reset(seed=3)
+    for i, want in enumerate(fast_steps):
+        np.testing.assert_array_equal(plain.step(i % 2)[0], want, strict=True)
+    plain.close()
+    required = clients(rnp.RemoteEnv, address, transport="shm")
+    assert required.transport == "shm"
+
+
+def test_a_server_on_another_kernel_never_offers_shared_memory(server_pool: Any) -> None:
+    address = server_pool("cartpole")
+    assert "shm" in raw_hello(address, shm.kernel_id())
+    # Another host has another boot id: what a client there asks for is never offered.
+    assert "shm" not in raw_hello(address, "00000000-0000-0000-0000-000000000000")
+    assert not our_segments(), "a segment was made for a client that could not use it"
+
+
+def test_a_client_on_another_host_stays_on_zmq_and_shm_required_says_why(
+        server_pool: Any, clients: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    address = server_pool("cartpole")
+    monkeypatch.setattr(shm, "kernel_id", lambda: "11111111-2222-3333-4444-555555555555")
+    env = clients(rnp.RemoteEnv, address)
+    assert env.transport == "zmq"
+    assert env.reset(seed=0)[0].shape == (4,)
+    env.close()
+    with pytest.raises(ConnectionError, match="transport='shm'.*another host"):
+        rnp.RemoteEnv(address, transport="shm")
+
+
+def test_a_zmq_only_server_offers_nothing(clients: Any) -> None:
+    server = EnvServer(core_envs.make("cartpole"), "tcp://127.0.0.1:0", transport="zmq").start()
+    try:
+        env = clients(rnp.RemoteEnv, server.address)
+        assert env.transport == "zmq"
+        assert env.reset(seed=0)[0].shape == (4,)
+        env.close()
+        with pytest.raises(ConnectionError, match="did not offer one"):
+            rnp.RemoteEnv(server.address, transport="shm")
+        with pytest.raises(ValueError, match="unknown transport 'udp'"):
+            rnp.RemoteEnv(server.address, transport="udp")
+    finally:
+        server.shutdown()
+    with pytest.raises(ValueError, match="'auto'.*'zmq'"):
+        EnvServer(core_envs.make("cartpole"), transport="shm")
+
+
+# --- equality with the zmq path -----------------------------------------------------------------
+
+BACKENDS = {"numpy": rnp.RemoteEnv, "torch": rtorch.RemoteEnv, "plain": rlmesh.RemoteEnv}
+
+
+def _comparable(value: Any) -> Any:
+    """Values of any backend as nested plain containers of NumPy arrays (dtype kept)."""
+    if isinstance(value, dict):
+        return {key: _comparable(item) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_comparable(item) for item in value)
+    if isinstance(value, torch.Tensor):
+        return ("torch", str(value.dtype), value.numpy().copy())
+    if isinstance(value, rlmesh.Tensor):
+        return ("tensor", value.dtype, rnp.asarray(value).copy())
+    if isinstance(value, np.ndarray):
+        return ("numpy", value.dtype.str, value.copy())
+    return value
+
+
+def _assert_same(a: Any, b: Any) -> None:
+    if isinstance(a, dict):
+        assert list(a) == list(b)
+        for key in a:
+            _assert_same(a[key], b[key])
+    elif isinstance(a, (tuple, list)) and len(a) == 3 and isinstance(a[2], np.ndarray):
+        assert a[:2] == b[:2]
+        np.testing.assert_array_equal(a[2], b[2], strict=True)
+        assert a[2].flags.writeable and b[2].flags.writeable
+    elif isinstance(a, (tuple, list)):
+        assert type(a) is type(b) and len(a) == len(b)
+        for x, y in zip(a, b):
+            _assert_same(x, y)
+    else:
+        assert type(a) is type(b) and (a == b or (a != a and b != b)), (a, b)
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_every_space_kind_and_backend_decodes_the_same_over_both_paths(
+        name: str, backend: str, server_pool: Any, clients: Any) -> None:
+    address = server_pool("space", space=name)
+    runs = []
+    for transport in ("shm", "zmq"):
+        env = clients(BACKENDS[backend], address, transport=transport)
+        assert env.transport == transport
+        seen = [_comparable(env.reset(seed=7))]
+        ZOO[name].seed(11)
+        for _ in range(3):
+            action = ZOO[name].sample()
+            seen.append(_comparable(env.step(action)))
+        env.close()
+        runs.append(seen)
+    _assert_same(runs[0], runs[1])
+
+
+def test_dtypes_infos_and_big_frames_are_equal_over_both_paths(spawn_server: Any, clients: Any) -> None:
+    """Every dtype (inline and in frames of their own), nested infos, and messages bigger
+    than a segment, which travel in chunks. A fresh server per path: these envs keep state."""
+    for env_name, kwargs, steps in [("dtype_zoo", {}, 3), ("big_obs", {"nbytes": 6 << 20}, 2)]:
+        runs = []
+        for transport in ("shm", "zmq"):
+            address = spawn_server(env_name, env_kwargs=kwargs).address
+            env = clients(rnp.RemoteEnv, address, transport=transport)
+            seen = [_comparable(env.reset(seed=1))] + [_comparable(env.step(1)) for _ in range(steps)]
+            env.close()
+            runs.append(seen)
+        _assert_same(runs[0], runs[1])
+
+
+def test_decoded_values_are_owned_copies_not_views_of_the_segment(server_pool: Any, clients: Any) -> None:
+    env = clients(rtorch.RemoteEnv, server_pool("image", shape=[64, 64, 3]))
+    assert env.transport == "shm"
+    first, _ = env.reset(seed=0)
+    kept = first.clone()
+    second, *_ = env.step(1)  # the segment now holds this frame
+    assert torch.equal(first, kept), "an earlier observation changed when the segment was reused"
+    first += 1  # writable
+    assert not torch.equal(second, first)
+
+
+# --- segment hygiene --------------------------------------------------------------------------------
+
+def test_the_segment_is_private_unguessable_and_gone_once_mapped(spawn_server: Any, clients: Any) -> None:
+    server = spawn_server("cartpole")
+    pid = server.proc.pid
+    socket = zmq.Context.instance().socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.connect(f"tcp://{server.address}" if "://" not in server.address else server.address)
+    payload = {"protocol": PROTOCOL_GENERATION, "version": rlmesh.__version__, "transports": ["shm"],
+               "kernel": shm.kernel_id()}
+    socket.send_multipart(codec.encode(["hello", 1, "peek", payload]))
+    assert socket.poll(10_000)
+    contract = codec.decode(socket.recv_multipart())[2]
+    name = contract["shm"]["name"]
+    info = os.stat(f"/dev/shm/{name}")
+    assert stat.S_IMODE(info.st_mode) == 0o600 and info.st_uid == os.getuid()
+    assert len(name.rsplit("-", 1)[1]) == 32  # 128 random bits
+    assert our_segments(pid) == [name]
+    socket.send_multipart(codec.encode(["decline", 0, "peek", None]))  # stays on zmq
+    socket.send_multipart(codec.encode(["close", 2, "peek", None]))
+    socket.poll(2000)
+    socket.close()
+    env = clients(rnp.RemoteEnv, server.address)
+    env.reset(seed=0)  # the first request through the segment: the server removes its name
+    assert env.transport == "shm"
+    assert our_segments(pid) == []
+
+
+def _client_script(address: str) -> str:
+    return (f"import rlmesh.numpy as rnp, sys\n"
+            f"env = rnp.RemoteEnv({address!r})\n"
+            f"assert env.transport == 'shm'\n"
+            f"env.reset(seed=0)\nenv.step(0)\n"
+            f"print('STEPPED', flush=True)\nsys.stdin.read()\n")
+
+
+@pytest.mark.parametrize("victim", ["client", "server", "server_before_first_request"])
+def test_a_killed_end_leaves_nothing_in_dev_shm(victim: str, spawn_server: Any, clients: Any) -> None:
+    server = spawn_server("cartpole", session_timeout=1.0)
+    pid = server.proc.pid
+    if victim == "client":
+        child = subprocess.Popen([sys.executable, "-c", _client_script(server.address)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert child.stdout is not None and child.stdout.readline().strip() == "STEPPED"
+        child.kill()
+        child.wait(10)
+        time.sleep(2.5)  # the session times out; its channel thread ends and unmaps
+        newcomer = clients(rnp.RemoteEnv, server.address)
+        assert newcomer.transport == "shm" and newcomer.reset(seed=0)[0].shape == (4,)
+        newcomer.close()
+    elif victim == "server":
+        env = clients(rnp.RemoteEnv, server.address)
+        env.reset(seed=0)
+        server.kill()
+        started = time.monotonic()
+        with pytest.raises(ConnectionError, match="lost the connection"):
+            env.step(0)
+        assert time.monotonic() - started < 5.0
+    else:
+        raw_hello_pending = our_segments(pid)
+        assert raw_hello_pending == []
+        socket = zmq.Context.instance().socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(f"tcp://{server.address}" if "://" not in server.address else server.address)
+        payload = {"protocol": PROTOCOL_GENERATION, "version": rlmesh.__version__, "transports": ["shm"],
+                   "kernel": shm.kernel_id()}
+        socket.send_multipart(codec.encode(["hello", 1, "orphan", payload]))
+        assert socket.poll(10_000)
+        socket.recv_multipart()
+        socket.close()
+        assert len(our_segments(pid)) == 1
+        server.kill()  # before any client mapped it: the name is still there ...
+        assert len(our_segments(pid)) == 1
+        fresh = EnvServer(core_envs.make("cartpole"), "tcp://127.0.0.1:0")  # ... until a server makes one
+        try:
+            env = clients(rnp.RemoteEnv, fresh.start().address)
+            env.reset(seed=0)
+        finally:
+            fresh.shutdown()
+    assert our_segments(pid) == []
+
+
+def test_a_server_stopped_mid_session_tells_the_shm_client(clients: Any) -> None:
+    server = EnvServer(core_envs.make("cartpole"), "tcp://127.0.0.1:0", session_timeout=0.3).start()
+    try:
+        env = clients(rnp.RemoteEnv, server.address, heartbeat_interval=None)
+        assert env.transport == "shm"
+        env.reset(seed=0)
+        time.sleep(1.0)  # silent past session_timeout: detached, the channel says goodbye
+        with pytest.raises(ConnectionError, match="not attached"):
+            env.step(0)
+    finally:
+        server.shutdown()
+    assert our_segments(os.getpid()) == []
+
+
+# --- hostile peers ---------------------------------------------------------------------------------
+
+def _poke(channel: shm.Channel, data: bytes, *, total: int | None = None, length: int | None = None) -> None:
+    """Write ``data`` as this end's next message, with a chunk header that may lie."""
+    view = channel._view
+    start = channel._out_data
+    struct.pack_into("<QQ", view, start, len(data) if total is None else total,
+                     len(data) if length is None else length)
+    view[start + 16:start + 16 + len(data)] = data
+    channel._sent = (channel._sent + 1) & 0xFFFFFFFF
+    channel._post(channel._out_word, 0, channel._sent)
+
+
+GARBAGE = [
+    (b"\x00" * 12, None, None),                                  # no frames
+    (struct.pack("<I", 1 << 20), None, None),                     # more frames than bytes
+    (struct.pack("<IQ", 1, 1 << 40) + b"x", None, None),          # a frame longer than the message
+    (struct.pack("<IQ", 1, 3) + b"\xc1\xc1\xc1", None, None),     # not msgpack
+    (b"abcd", None, 1 << 40),                                      # a chunk longer than the segment
+    (b"ab", 1, None),                                              # a chunk longer than its message
+]
+
+
+def test_garbage_in_the_segment_gets_an_error_and_the_server_serves_on(spawn_server: Any, clients: Any) -> None:
+    server = spawn_server("cartpole")
+    env = clients(rnp.RemoteEnv, server.address)
+    env.reset(seed=0)
+    connection: Connection = env._connection
+    channel = connection._channel
+    assert channel is not None
+    for data, total, length in GARBAGE:
+        _poke(channel, data, total=total, length=length)
+        assert channel.wait(10.0), f"the server did not answer {data!r} ({total}, {length})"
+        status, request_id, error = codec.decode(channel.receive())
+        assert (status, request_id, error["kind"]) == ("error", -1, "protocol"), error
+        assert server.alive()
+    # A message announced as 1 TiB: the server takes the chunk, acknowledges it and waits for
+    # the next (allocating nothing ahead); a chunk of another message is an error.
+    _poke(channel, b"0123456789", total=1 << 40)
+    assert not channel.wait(0.5) and channel._words[channel._out_word + 1] == channel._sent
+    _poke(channel, b"abc")
+    assert channel.wait(10.0), "the server did not answer an inconsistent chunk"
+    status, _, error = codec.decode(channel.receive())
+    assert (status, error["kind"]) == ("error", "protocol") and "inconsistent chunk" in error["message"]
+    assert env.step(0)[0].shape == (4,)
+
+
+@pytest.mark.parametrize("lie", ["chunk_too_long", "frame_count", "frame_lengths"])
+def test_a_server_writing_garbage_gets_a_protocol_error_not_a_crash(lie: str) -> None:
+    """The client's side: a hostile server's reply is bounds-checked before anything is read."""
+    server_end, offer = shm.create_segment(1 << 16)
+    client_end = shm.open_segment(offer)
+    assert client_end is not None
+    try:
+        if lie == "chunk_too_long":
+            _poke(server_end, b"abcd", length=1 << 20)
+        elif lie == "frame_count":
+            _poke(server_end, struct.pack("<I", 70000) + b"\x00" * 8)
+        else:
+            _poke(server_end, struct.pack("<IQQ", 2, 5, 1 << 62) + b"hello")
+        assert client_end.wait(5.0)
+        with pytest.raises(ProtocolError, match="shared-memory peer"):
+            client_end.receive()
+    finally:
+        client_end.close()
+        server_end.close()
+    assert our_segments(os.getpid()) == []
+
+
+def test_messages_bigger_than_the_segment_travel_in_chunks_both_ways() -> None:
+    server_end, offer = shm.create_segment(1 << 14)
+    client_end = shm.open_segment(offer)
+    assert client_end is not None
+    payload = np.random.default_rng(0).integers(0, 256, 200_000, dtype=np.uint8).tobytes()
+
+    def echo() -> None:
+        assert server_end.wait(10.0)
+        server_end.send(server_end.receive(copy=True))
+
+    thread = threading.Thread(target=echo)
+    thread.start()
+    try:
+        client_end.send([b"head", payload])
+        assert client_end.wait(10.0)
+        head, body = client_end.receive()
+        assert head == b"head" and bytes(body) == payload
+    finally:
+        thread.join(10)
+        client_end.close()
+        server_end.close()
+
+
+def test_a_slow_step_costs_no_cpu_while_waiting(spawn_server: Any, clients: Any) -> None:
+    """The client sleeps on the futex during a slow step instead of spinning through it."""
+    server = spawn_server("faulty")
+    env = clients(rnp.RemoteEnv, server.address)
+    assert env.transport == "shm"
+    env.reset(seed=0)
+    started, cpu = time.monotonic(), time.process_time()
+    env.step(3)  # sleeps 4 s on the server
+    waited, spent = time.monotonic() - started, time.process_time() - cpu
+    assert waited >= 3.5
+    assert spent < 0.2, f"the client spent {spent:.2f} s of CPU waiting {waited:.1f} s"
+
+
+def test_a_server_that_has_gone_idle_uses_no_cpu(spawn_server: Any, clients: Any) -> None:
+    server = spawn_server("cartpole")
+    env = clients(rnp.RemoteEnv, server.address)
+    env.reset(seed=0)
+    for i in range(2000):
+        if any(env.step(i % 2)[2:4]):
+            env.reset()
+    time.sleep(0.1)
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def cpu_seconds() -> float:
+        fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    before = cpu_seconds()
+    time.sleep(1.0)
+    assert cpu_seconds() - before < 0.05, "an idle server kept spinning"
+
+
+def test_sigint_during_a_wait_interrupts_the_client(spawn_server: Any) -> None:
+    """A futex sleep is a system call Python can interrupt: Ctrl-C during a slow step works."""
+    server = spawn_server("faulty")
+    script = (f"import rlmesh.numpy as rnp\nenv = rnp.RemoteEnv({server.address!r})\n"
+              f"assert env.transport == 'shm'\nenv.reset()\nprint('GO', flush=True)\n"
+              f"try:\n    env.step(3)\nexcept KeyboardInterrupt:\n    print('INTERRUPTED', flush=True)\n")
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline().strip() == "GO"
+    time.sleep(0.5)
+    started = time.monotonic()
+    child.send_signal(signal.SIGINT)
+    assert child.stdout.readline().strip() == "INTERRUPTED"
+    assert time.monotonic() - started < 1.0
+    child.wait(10)
