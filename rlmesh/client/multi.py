@@ -29,7 +29,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, Union
 
-import zmq
 
 from rlmesh.backends import PLAIN, Backend
 from rlmesh.client.batches import (
@@ -50,7 +49,7 @@ from rlmesh.client.pending import PendingCall, already_pending, no_async_call
 from rlmesh.client.surface import Surface, VectorEnvSurface
 from rlmesh.errors import EnvironmentException
 from rlmesh.protocol.address import to_zmq_endpoint
-from rlmesh.protocol.connection import RECEIVE_SLICE_MS, Connection
+from rlmesh.protocol.connection import RECEIVE_SLICE_MS, Connection, wait_any
 from rlmesh.protocol.keys import ClientKeys
 from rlmesh.protocol.messages import EnvContract, Request
 from rlmesh.protocol.timeouts import check_timeout
@@ -171,6 +170,8 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
             endpoints, or a list of one per endpoint (servers with keys of their own).
         owned: Objects closed after the connections when this env closes (e.g. the sandbox
             sessions that run the endpoints).
+        transport: As for :class:`~rlmesh.client.RemoteEnvBase`: each endpoint on this host
+            gets a shared-memory channel of its own (``"auto"``), or none (``"zmq"``).
 
     A failing endpoint (an error reply, a dead server, a timeout) raises the error with that
     endpoint's address and lanes in the message, without waiting for the others.
@@ -193,6 +194,7 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
         owned: Sequence[_HasClose] = (),
         server_key: EndpointKey | Sequence[EndpointKey] = None,
         client_key: str | os.PathLike[str] | None | Sequence[str | os.PathLike[str] | None] = None,
+        transport: str | None = None,
     ) -> None:
         self._endpoints: list[_Endpoint] = []
         self._owned = list(owned)
@@ -205,7 +207,7 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
                              "['tcp://10.0.0.5:5555', 'tcp://10.0.0.6:5555']")
         try:
             self._connect(endpoints, connect_timeout, request_timeout, heartbeat_interval,
-                          server_key, client_key)
+                          server_key, client_key, transport)
             self._configure(autoreset_mode)
         except BaseException:
             self.close()
@@ -215,7 +217,7 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
 
     def _connect(self, endpoints: Sequence[str | int], connect_timeout: float,
                  request_timeout: float | None, heartbeat_interval: float | None,
-                 server_key: Any, client_key: Any) -> None:
+                 server_key: Any, client_key: Any, transport: str | None) -> None:
         decode = numpy_backend()  # lanes are combined as NumPy arrays, whatever the backend
         start = 0
         server_keys = _per_endpoint(server_key, len(endpoints), "server_key")
@@ -226,7 +228,7 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
                                     heartbeat_interval=heartbeat_interval,
                                     tensor_factory=decode.tensor_factory,
                                     object_array=decode.object_array,
-                                    server_key=server_key, client_key=client_key)
+                                    server_key=server_key, client_key=client_key, transport=transport)
             try:
                 contract = EnvContract.from_wire(connection.contract_wire)
             except BaseException:
@@ -239,9 +241,6 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
         # Lanes arrive as NumPy already: a NumPy-flavoured env hands them over as they are.
         self._passthrough = (backend.tensor_factory is decode.tensor_factory
                              and backend.object_array is decode.object_array)
-        self._poller = zmq.Poller()
-        for endpoint in self._endpoints:
-            self._poller.register(endpoint.connection.socket, zmq.POLLIN)
 
     def _configure(self, autoreset_mode: Any) -> None:
         import numpy as np
@@ -795,7 +794,7 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
             slice_ms = RECEIVE_SLICE_MS
             if deadline is not None:
                 slice_ms = max(0, min(slice_ms, int((deadline - time.monotonic()) * 1000)))
-            ready = dict(self._poller.poll(slice_ms))
+            ready = wait_any([endpoint.connection for endpoint in self._endpoints], slice_ms)
             still: list[int] = []
             for index in sent.waiting:
                 connection = sent.requests[index][0].connection
@@ -851,9 +850,8 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
         keep = timeout is not None
         limit = check_timeout("timeout", timeout) if keep else self.request_timeout
         deadline = None if limit is None else time.monotonic() + limit
-        poller = zmq.Poller()  # only the sockets waited for: a stale reply elsewhere must not wake us
-        for endpoint in flying:
-            poller.register(endpoint.connection.socket, zmq.POLLIN)
+        # Only the connections waited for: a stale reply elsewhere must not wake us.
+        connections = [endpoint.connection for endpoint in flying]
         while True:
             for endpoint in flying:
                 if endpoint.flight is not None and not endpoint.flight.done:
@@ -873,7 +871,7 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
             slice_ms = RECEIVE_SLICE_MS
             if deadline is not None:
                 slice_ms = max(0, min(slice_ms, int((deadline - now) * 1000) + 1))
-            if not poller.poll(slice_ms):  # a quiet slice: is anyone we wait for gone?
+            if not wait_any(connections, slice_ms):  # a quiet slice: is anyone we wait for gone?
                 for endpoint in waiting:
                     try:
                         endpoint.connection.check_alive()

@@ -17,7 +17,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
@@ -44,7 +44,7 @@ from rlmesh.protocol.messages import (
 from rlmesh.protocol.timeouts import check_timeout
 from rlmesh.wire import codec
 
-__all__ = ["Connection", "RECEIVE_SLICE_MS"]
+__all__ = ["Connection", "RECEIVE_SLICE_MS", "wait_any"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,8 @@ class Connection:
         transport: ``"auto"`` (default) switches to shared memory when the server shares this
             host, ``"zmq"`` never does, ``"shm"`` requires it (``ConnectionError`` otherwise).
             ``"tcp"``/``"unix"`` mean ``"auto"`` here (they pick the socket kind of an address).
+            Unset, ``$RLMESH_TRANSPORT`` decides, so clients made for you (sandboxes,
+            ``Model.run``) can be kept on zmq too.
     """
 
     def __init__(
@@ -93,7 +95,8 @@ class Connection:
         client_key: str | os.PathLike[str] | None = None,
         transport: str | None = None,
     ) -> None:
-        mode = channel_mode(transport)
+        mode = channel_mode(transport if transport not in (None, "tcp", "unix", "ipc")
+                            else os.environ.get("RLMESH_TRANSPORT") or transport)
         connect_timeout = check_timeout("connect_timeout", connect_timeout)
         self.request_timeout = check_timeout("request_timeout", request_timeout)
         heartbeat_interval = check_timeout("heartbeat_interval", heartbeat_interval)
@@ -420,3 +423,31 @@ class Connection:
         self._socket.disable_monitor()
         self._monitor.close(linger=0)
         self._socket.close(linger=0)
+
+
+def wait_any(connections: Sequence[Connection], timeout_ms: int) -> set[Connection]:
+    """Those of ``connections`` with something to read, waiting up to ``timeout_ms`` for one.
+
+    zmq connections are polled together as usual. Shared-memory replies cannot wake a zmq
+    poll, so with any such connection this looks at all of them in turns: spinning briefly,
+    then sleeping on one channel at a time for a millisecond (a reply on that one wakes it at
+    once, the others are seen within the millisecond).
+    """
+    channels = [c for c in connections if c.transport == "shm"]
+    sockets = {c.socket: c for c in connections if c.transport != "shm"}
+    poller = zmq.Poller()
+    for socket in sockets:
+        poller.register(socket, zmq.POLLIN)
+    if not channels:
+        return {sockets[socket] for socket, _ in poller.poll(timeout_ms)}
+    deadline = time.monotonic() + timeout_ms / 1000
+    turn = 0
+    while True:
+        ready = {c for c in channels if c.ready()}
+        if sockets:
+            ready |= {sockets[socket] for socket, _ in poller.poll(0)}
+        left = deadline - time.monotonic()
+        if ready or left <= 0:
+            return ready
+        channels[turn % len(channels)].wait_channel(min(left, 0.001))
+        turn += 1

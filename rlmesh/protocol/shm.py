@@ -46,6 +46,10 @@ _SLEEPS = 2  # flag of word i is word i + _SLEEPS
 _BOX_WORD = (32, 48)  # request mailbox at byte 128, reply mailbox at byte 192
 _CHUNK_HEAD = struct.Struct("<QQ")  # message length, this chunk's length
 _FRAME_COUNT = struct.Struct("<I")
+#: A one-frame message in one chunk (most requests and replies), written and read in one go:
+#: chunk head, frame count (1), frame length.
+_SINGLE = struct.Struct("<QQIQ")
+_MASK = 0xFFFFFFFF
 _MAX_FRAMES = 1 << 16
 #: Longest a single futex sleep lasts before the waiter looks at deadlines, stop flags and
 #: whether its peer is alive.
@@ -316,6 +320,16 @@ class Channel:
         """Write one message (a list of byte buffers) for the peer."""
         if self.closed:
             raise ConnectionError("the shared-memory channel is closed")
+        if len(frames) == 1 and type(frames[0]) is bytes:  # the common case, in as few steps as can be
+            frame: bytes = frames[0]
+            size = len(frame)
+            if size + 12 <= self.capacity - _CHUNK_HEAD.size:
+                at = self._out_data + _SINGLE.size
+                _SINGLE.pack_into(self._view, self._out_data, size + 12, size + 12, 1, size)
+                self._view[at:at + size] = frame
+                self._sent = sent = (self._sent + 1) & _MASK
+                self._post(self._out_word, _SEQ, sent)
+                return
         views = [memoryview(frame).cast("B") for frame in frames]
         if len(views) > _MAX_FRAMES:
             raise ValueError(f"a message of more than {_MAX_FRAMES} frames")
@@ -328,10 +342,10 @@ class Channel:
             _CHUNK_HEAD.pack_into(view, self._out_data, total, total)
             at = start + len(head)
             view[start:at] = head
-            for frame in views:
-                view[at:at + frame.nbytes] = frame
-                at += frame.nbytes
-            self._sent = (self._sent + 1) & 0xFFFFFFFF
+            for part in views:
+                view[at:at + part.nbytes] = part
+                at += part.nbytes
+            self._sent = (self._sent + 1) & _MASK
             self._post(box, _SEQ, self._sent)
             return
         message = b"".join([head, *views])
@@ -342,16 +356,17 @@ class Channel:
                     alive()
             _CHUNK_HEAD.pack_into(view, self._out_data, total, len(chunk))
             view[start:start + len(chunk)] = chunk
-            self._sent = (self._sent + 1) & 0xFFFFFFFF
+            self._sent = (self._sent + 1) & _MASK
             self._post(box, _SEQ, self._sent)
 
     def ready(self) -> bool:
         """Whether a message from the peer is waiting."""
-        return bool(self._words[self._in_word + _SEQ] != self._seen)
+        return bool(self._words[self._in_word] != self._seen)
 
     def wait(self, timeout: float, *, sleep: bool = True) -> bool:
         """Wait up to ``timeout`` s for a message from the peer (``sleep=False``: only spin)."""
-        return self.ready() or self._wait(self._in_word, _SEQ, self._seen, timeout, sleep)
+        return self._words[self._in_word] != self._seen or self._wait(self._in_word, _SEQ, self._seen,
+                                                                      timeout, sleep)
 
     def receive(self, *, alive: Callable[[], None] | None = None, copy: bool = False) -> list[Any]:
         """The peer's waiting message as frames (call after :meth:`wait` said one is in).
@@ -360,7 +375,11 @@ class Channel:
         end sends its next message, unless ``copy`` (then bytes).
         """
         box, view = self._in_word, self._view
-        self._seen = (self._seen + 1) & 0xFFFFFFFF
+        self._seen = (self._seen + 1) & _MASK
+        total, length, count, size = _SINGLE.unpack_from(view, self._in_data)
+        if count == 1 and total == length == size + 12 and total <= self.capacity - _CHUNK_HEAD.size:
+            at = self._in_data + _SINGLE.size
+            return [bytes(view[at:at + size])]  # one frame: the codec header
         total, length = self._chunk()
         start = self._in_data + _CHUNK_HEAD.size
         if length == total:
@@ -376,7 +395,7 @@ class Channel:
                 while not self._wait(box, _SEQ, self._seen, SLICE_S):
                     if alive is not None:
                         alive()
-                self._seen = (self._seen + 1) & 0xFFFFFFFF
+                self._seen = (self._seen + 1) & _MASK
                 more, length = self._chunk()
                 if more != total or length > total - got:
                     raise ProtocolError("the shared-memory peer sent an inconsistent chunk")

@@ -66,6 +66,8 @@ def test_cartpole_matches_local_env(sandbox_driver: RuntimeDriver, backend: str)
     with module.SandboxEnv("CartPole-v1", packages=PACKAGES, imports=IMPORTS,
                            render_mode="rgb_array", runtime=sandbox_driver) as env:
         assert env.env_contract.env_id == "CartPole-v1"
+        # The container shares this kernel: requests go through a shared-memory segment.
+        assert env.client.transport == "shm"
         assert env.render_mode == "rgb_array"
         assert env.metadata["render_fps"] == 50
         obs, info = env.reset(seed=7)
@@ -90,6 +92,7 @@ def test_vector_sandbox(sandbox_driver: RuntimeDriver, mode: str) -> None:
     with rnp.SandboxVectorEnv("CartPole-v1", num_envs=3, vectorization_mode=mode,
                               packages=PACKAGES, imports=IMPORTS, runtime=sandbox_driver) as envs:
         assert envs.num_envs == 3
+        assert envs.client.transport == "shm"
         assert envs.single_action_space == gym.spaces.Discrete(2)
         remote_obs, _ = envs.reset(seed=11)
         local_obs, _ = local.reset(seed=11)

@@ -1,0 +1,329 @@
+"""The same-host fast path (issue 18): rlmesh over shared memory against in-process stepping,
+rlmesh over zmq, and the Python vectorizers people use, in one interleaved run.
+
+Cases (each prints steps/s per contender and the ratio to the case's reference):
+
+- ``cartpole``: one CartPole env. Reference: ``gymnasium.make`` stepped in this process.
+  Contenders: ``RemoteEnv`` with ``transport="shm"`` and ``"zmq"`` (an ``EnvServer`` process),
+  and, with ``--sandbox docker`` (or podman), a ``SandboxEnv`` both ways. Target: shm >= 0.25x.
+- ``cartpole32``: CartPole x32 served by one server. Reference: ``SyncVectorEnv`` in process.
+  Target: shm >= 0.8x.
+- ``busy32``: an env that computes for 200 us per step, x32, through two servers of 16 lanes
+  each (``MultiEndpointVectorEnv``). Reference: the best of Gymnasium ``AsyncVectorEnv``
+  (``shared_memory=True``: a process per env, and 2 worker processes of 16 lanes each) and SB3
+  ``SubprocVecEnv`` (if installed).
+  Target: shm >= 1.1x the best.
+- ``idle``: CPU share of a server and a client 100 ms after the client stops stepping, over
+  one second. Target: < 1% each.
+
+Contenders of a case run in alternating rounds (``--rounds``), so a change of machine load
+hits them alike; the figure of each is its best round. Run:
+``python bench/bench_transport.py [--case NAME ...] [--seconds S] [--rounds N] [--sandbox ENGINE]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+import rlmesh.numpy as rnp
+
+log = logging.getLogger("bench_transport")
+
+BUSY_US = 200.0
+SERVER = """
+import sys, time, json
+import gymnasium as gym
+sys.path.insert(0, {bench!r})
+from bench_transport import make_vector
+from rlmesh import EnvServer
+case, lanes = sys.argv[1], int(sys.argv[2])
+env = make_vector(case, lanes) if lanes else gym.make("CartPole-v1")
+server = EnvServer(env, "tcp://127.0.0.1:0")
+print("READY", server.address, flush=True)
+server.serve()
+"""
+
+
+class BusyEnv(gym.Env[Any, int]):
+    """CartPole that also computes for ``BUSY_US`` per step (a physics step in pure Python)."""
+
+    def __init__(self) -> None:
+        self.env = gym.make("CartPole-v1")
+        self.observation_space = self.env.observation_space
+        self.action_space = self.env.action_space
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        return self.env.reset(seed=seed)
+
+    def step(self, action: int) -> Any:
+        end = time.perf_counter() + BUSY_US / 1e6
+        while time.perf_counter() < end:
+            pass
+        return self.env.step(action)
+
+
+class BusyBlock(gym.Env[Any, Any]):
+    """16 ``BusyEnv`` lanes as one env, so Gymnasium's AsyncVectorEnv can run them in 2 workers."""
+
+    LANES = 16
+
+    def __init__(self) -> None:
+        self.envs = gym.vector.SyncVectorEnv([BusyEnv for _ in range(self.LANES)])
+        self.observation_space = self.envs.observation_space
+        self.action_space = self.envs.action_space
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        return self.envs.reset(seed=seed)[0], {}
+
+    def step(self, action: Any) -> Any:
+        obs, reward, terminated, truncated, _ = self.envs.step(action)
+        return obs, float(reward.sum()), bool(terminated.all()), bool(truncated.all()), {}
+
+
+def make_vector(case: str, lanes: int) -> Any:
+    factory: Callable[[], Any] = BusyEnv if case == "busy32" else (lambda: gym.make("CartPole-v1"))
+    return gym.vector.SyncVectorEnv([factory for _ in range(lanes)])
+
+
+class Servers:
+    """``EnvServer`` processes serving ``lanes`` lanes each (0: one plain CartPole)."""
+
+    def __init__(self, case: str, lanes: list[int]) -> None:
+        code = SERVER.format(bench=os.path.dirname(os.path.abspath(__file__)))
+        self.procs = [subprocess.Popen([sys.executable, "-c", code, case, str(n)], stdout=subprocess.PIPE,
+                                       text=True) for n in lanes]
+        self.addresses = []
+        for proc in self.procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if not line.startswith("READY "):
+                raise RuntimeError(f"a benchmark server did not start: {line!r}")
+            self.addresses.append(line.split()[1])
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            proc.wait(10)
+
+
+def single_stepper(env: Any) -> Callable[[int], int]:
+    env.reset(seed=0)
+
+    def run(steps: int) -> int:
+        for i in range(steps):
+            if any(env.step(i % 2)[2:4]):
+                env.reset()
+        return steps
+    return run
+
+
+def vector_stepper(envs: Any, lanes: int) -> Callable[[int], int]:
+    envs.reset(seed=0)
+    actions = np.zeros(lanes, dtype=np.int64)
+
+    def run(steps: int) -> int:
+        for i in range(steps):
+            actions[:] = i % 2
+            envs.step(actions)
+        return steps * lanes
+    return run
+
+
+def rates(contenders: dict[str, Callable[[int], int]], seconds: float, rounds: int) -> dict[str, float]:
+    """Best steps/s of each contender over ``rounds`` alternating rounds of about ``seconds``."""
+    best = dict.fromkeys(contenders, 0.0)
+    batch = dict.fromkeys(contenders, 10)
+    for name, run in contenders.items():  # warm-up, and a batch size that takes ~0.1 s
+        started = time.perf_counter()
+        run(batch[name])
+        per = (time.perf_counter() - started) / batch[name]
+        batch[name] = max(1, int(0.1 / max(per, 1e-7)))
+    for _ in range(rounds):
+        for name, run in contenders.items():
+            done, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                done += run(batch[name])
+            best[name] = max(best[name], done / (time.perf_counter() - started))
+    return best
+
+
+def report(case: str, reference: str, figures: dict[str, float], target: tuple[str, float] | None) -> bool:
+    base = figures[reference]
+    print(f"\n{case}: steps/s (ratio to {reference})")
+    for name, value in figures.items():
+        print(f"  {name:<44} {value:>12,.0f}   {value / base:5.2f}x")
+    if target is None:
+        return True
+    name, ratio = target
+    met = figures[name] / base >= ratio
+    print(f"  target: {name} >= {ratio}x {reference}: {'met' if met else 'MISSED'}")
+    return met
+
+
+def case_cartpole(args: argparse.Namespace) -> bool:
+    servers = Servers("cartpole", [0])
+    sandboxes: list[Any] = []
+    try:
+        local = gym.make("CartPole-v1")
+        shm_env = rnp.RemoteEnv(servers.addresses[0], transport="shm")
+        contenders = {"in-process gymnasium.make": single_stepper(local),
+                      "RemoteEnv, shared memory": single_stepper(shm_env)}
+        shm_env_closer = shm_env.close
+        zmq_env = None
+        if args.sandbox:
+            for transport in ("shm", "zmq"):
+                os.environ["RLMESH_TRANSPORT"] = transport
+                sandbox = rnp.SandboxEnv("CartPole-v1", runtime=args.sandbox)
+                os.environ.pop("RLMESH_TRANSPORT")
+                assert sandbox.client.transport == transport
+                sandboxes.append(sandbox)
+                contenders[f"SandboxEnv ({args.sandbox}), {'shared memory' if transport == 'shm' else 'zmq'}"] = \
+                    single_stepper(sandbox)
+        figures = rates(contenders, args.seconds, args.rounds)
+        shm_env_closer()
+        zmq_env = rnp.RemoteEnv(servers.addresses[0], transport="zmq")
+        # zmq after shm on the same server (one client at a time), against a fresh reference.
+        again = rates({"in-process gymnasium.make": single_stepper(local),
+                       "RemoteEnv, zmq": single_stepper(zmq_env)}, args.seconds, args.rounds)
+        figures["RemoteEnv, zmq"] = again["RemoteEnv, zmq"] * figures["in-process gymnasium.make"] \
+            / again["in-process gymnasium.make"]
+        zmq_env.close()
+        met = report("one CartPole env", "in-process gymnasium.make", figures,
+                     ("RemoteEnv, shared memory", 0.25))
+        for name in figures:
+            if name.startswith("SandboxEnv") and "shared" in name:
+                met &= figures[name] / figures["in-process gymnasium.make"] >= 0.25
+        return met
+    finally:
+        for sandbox in sandboxes:
+            sandbox.close()
+        servers.close()
+
+
+def case_cartpole32(args: argparse.Namespace) -> bool:
+    servers = Servers("cartpole32", [32])
+    try:
+        local = make_vector("cartpole32", 32)
+        figures = {}
+        for transport in ("shm", "zmq"):  # one client at a time per server
+            remote = rnp.RemoteVectorEnv(servers.addresses[0], transport=transport)
+            name = f"RemoteVectorEnv, {'shared memory' if transport == 'shm' else 'zmq'}"
+            got = rates({"in-process SyncVectorEnv": vector_stepper(local, 32), name: vector_stepper(remote, 32)},
+                        args.seconds, args.rounds)
+            figures.setdefault("in-process SyncVectorEnv", got["in-process SyncVectorEnv"])
+            figures[name] = got[name] * figures["in-process SyncVectorEnv"] / got["in-process SyncVectorEnv"]
+            remote.close()
+        return report("CartPole x32, one server", "in-process SyncVectorEnv", figures,
+                      ("RemoteVectorEnv, shared memory", 0.8))
+    finally:
+        servers.close()
+
+
+def case_busy32(args: argparse.Namespace) -> bool:
+    contenders: dict[str, Callable[[int], int]] = {}
+    closers: list[Callable[[], None]] = []
+    servers = Servers("busy32", [16, 16])
+    try:
+        for transport in ("shm", "zmq"):
+            multi = rnp.MultiEndpointVectorEnv(servers.addresses, transport=transport)
+            closers.append(multi.close)
+            contenders[f"rlmesh 2 servers x16, {'shared memory' if transport == 'shm' else 'zmq'}"] = \
+                vector_stepper(multi, 32)
+            break  # one client per server: zmq is measured below against its own reference
+        asynchronous = gym.vector.AsyncVectorEnv([BusyEnv for _ in range(32)], shared_memory=True)
+        closers.append(asynchronous.close)
+        contenders["gymnasium AsyncVectorEnv x32 (shared memory)"] = vector_stepper(asynchronous, 32)
+        blocks = gym.vector.AsyncVectorEnv([BusyBlock, BusyBlock], shared_memory=True)
+        closers.append(blocks.close)
+        blocks.reset(seed=0)
+
+        def blocks_run(steps: int) -> int:
+            actions = np.zeros((2, BusyBlock.LANES), dtype=np.int64)
+            for i in range(steps):
+                actions[:] = i % 2
+                blocks.step(actions)
+            return steps * 2 * BusyBlock.LANES
+        contenders["gymnasium AsyncVectorEnv 2 workers x16 (shared memory)"] = blocks_run
+        try:
+            from stable_baselines3.common.vec_env import SubprocVecEnv
+        except ImportError:
+            log.warning("stable-baselines3 is not installed: SubprocVecEnv is left out")
+        else:
+            subproc = SubprocVecEnv([BusyEnv for _ in range(32)])
+            closers.append(subproc.close)
+            subproc.reset()
+
+            def sb3_run(steps: int) -> int:
+                actions = np.zeros(32, dtype=np.int64)
+                for i in range(steps):
+                    actions[:] = i % 2
+                    subproc.step(actions)
+                return steps * 32
+            contenders["SB3 SubprocVecEnv x32"] = sb3_run
+        figures = rates(contenders, args.seconds, args.rounds)
+        closers.pop(0)()
+        multi = rnp.MultiEndpointVectorEnv(servers.addresses, transport="zmq")
+        closers.insert(0, multi.close)
+        best_other = max((v, k) for k, v in figures.items() if not k.startswith("rlmesh"))[1]
+        again = rates({best_other: contenders[best_other], "zmq": vector_stepper(multi, 32)},
+                      args.seconds, args.rounds)
+        figures["rlmesh 2 servers x16, zmq"] = again["zmq"] * figures[best_other] / again[best_other]
+        return report(f"{BUSY_US:g} us env x32", best_other, figures, ("rlmesh 2 servers x16, shared memory", 1.1))
+    finally:
+        for close in closers:
+            close()
+        servers.close()
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def case_idle(args: argparse.Namespace) -> bool:
+    servers = Servers("cartpole", [0])
+    try:
+        env = rnp.RemoteEnv(servers.addresses[0], transport="shm")
+        single_stepper(env)(20_000)
+        time.sleep(0.1)
+        pid = servers.procs[0].pid
+        server_before, client_before = _cpu_seconds(pid), time.process_time()
+        time.sleep(1.0)
+        server_share, client_share = _cpu_seconds(pid) - server_before, time.process_time() - client_before
+        env.close()
+        print(f"\nidle, 100 ms after the last step, over 1 s: server {server_share:.1%} CPU, "
+              f"client {client_share:.1%} CPU (target < 1% each)")
+        return server_share < 0.01 and client_share < 0.01
+    finally:
+        servers.close()
+
+
+CASES = {"cartpole": case_cartpole, "cartpole32": case_cartpole32, "busy32": case_busy32, "idle": case_idle}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--case", action="append", choices=sorted(CASES), help="default: all")
+    parser.add_argument("--seconds", type=float, default=1.0, help="length of one round of one contender")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sandbox", help="also a SandboxEnv on this runtime (docker, podman, ...)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    met = [CASES[name](args) for name in (args.case or list(CASES))]
+    print(f"\nCPUs: {os.cpu_count()}; targets met: {sum(met)} of {len(met)}")
+    return 0 if all(met) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
