@@ -13,6 +13,8 @@ Cases (each prints steps/s per contender and the ratio to the case's reference):
   (``shared_memory=True``: a process per env, and 2 worker processes of 16 lanes each) and SB3
   ``SubprocVecEnv`` (if installed).
   Target: shm >= 1.1x the best.
+- ``crowded``: two single-env servers and one client stepping both (three spinners on two
+  CPUs) against one server and its client. Target: >= 0.8x the env steps/s (no collapse).
 - ``idle``: CPU share of a server and a client 100 ms after the client stops stepping, over
   one second. Target: < 1% each.
 
@@ -286,6 +288,24 @@ def case_busy32(args: argparse.Namespace) -> bool:
         servers.close()
 
 
+def case_crowded(args: argparse.Namespace) -> bool:
+    """More spinners than CPUs: two single-env servers and their client on this machine's CPUs."""
+    servers = Servers("cartpole", [0, 0])
+    try:
+        one = rnp.RemoteEnv(servers.addresses[0], transport="shm")
+        got = rates({"one server, RemoteEnv": single_stepper(one)}, args.seconds, args.rounds)
+        one.close()
+        both = rnp.MultiEndpointVectorEnv(servers.addresses, transport="shm")
+        got.update(rates({"two servers, MultiEndpointVectorEnv": vector_stepper(both, 2)}, args.seconds,
+                         args.rounds))
+        both.close()
+        # Not collapsing: two lanes in lock-step may be slower per lane, never a fraction of one.
+        return report("2 servers + 1 client, shared memory (env steps/s)", "one server, RemoteEnv", got,
+                      ("two servers, MultiEndpointVectorEnv", 0.8))
+    finally:
+        servers.close()
+
+
 def _cpu_seconds(pid: int) -> float:
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -309,7 +329,8 @@ def case_idle(args: argparse.Namespace) -> bool:
         servers.close()
 
 
-CASES = {"cartpole": case_cartpole, "cartpole32": case_cartpole32, "busy32": case_busy32, "idle": case_idle}
+CASES = {"cartpole": case_cartpole, "cartpole32": case_cartpole32, "busy32": case_busy32,
+         "crowded": case_crowded, "idle": case_idle}
 
 
 def main() -> int:

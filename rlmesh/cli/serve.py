@@ -48,10 +48,14 @@ __all__ = ["serve"]
 @click.option("--allow-calls/--no-allow-calls", default=True, show_default=True,
               help="Answer clients' call/get_attr/set_attr requests (public env methods and "
                    "attributes by name).")
+@click.option("--transport", type=click.Choice(["auto", "zmq"]), default="auto", show_default=True,
+              help="auto: clients on this host (or in its containers) switch to shared memory; "
+                   "zmq: never.")
 @sandbox_options
 def serve(target: str, make_kwargs: tuple[str, ...], address: str, num_envs: int,
           vectorization_mode: str | None, busy_poll: float, server_key: str | None,
-          authorized_keys: str | None, insecure: bool, allow_calls: bool, **params: Any) -> None:
+          authorized_keys: str | None, insecure: bool, allow_calls: bool, transport: str,
+          **params: Any) -> None:
     """Serve an environment until Ctrl-C.
 
     ENV_ID_OR_SOURCE is a Gymnasium id (CartPole-v1), a factory (my_pkg.envs:make or
@@ -76,7 +80,7 @@ def serve(target: str, make_kwargs: tuple[str, ...], address: str, num_envs: int
 
     console = make_console()
     options: dict[str, Any] = {"server_key": server_key, "authorized_keys": authorized_keys, "insecure": insecure,
-                               "allow_calls": allow_calls}
+                               "allow_calls": allow_calls, "transport": transport}
     if is_sandbox_source(target, sandbox.force):
         with open_sandbox(target, sandbox, num_envs, vectorization_mode, kwargs, vector=vector) as session:
             # Relaying through a local server keeps the session's heartbeats (so the container

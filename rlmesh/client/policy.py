@@ -22,11 +22,12 @@ class PolicyClientBase(AttachedClient):
 
     def __init__(self, address: str | int, *, connect_timeout: float = 10.0,
                  request_timeout: float | None = None, heartbeat_interval: float | None = 2.0,
-                 server_key: KeyPath | None = None, client_key: KeyPath | None = None) -> None:
+                 server_key: KeyPath | None = None, client_key: KeyPath | None = None,
+                 transport: str | None = None) -> None:
         connection = open_connection(self._backend, address, connect_timeout=connect_timeout,
                                      request_timeout=request_timeout,
                                      heartbeat_interval=heartbeat_interval,
-                                     server_key=server_key, client_key=client_key)
+                                     server_key=server_key, client_key=client_key, transport=transport)
         if connection.contract_wire.get("kind") != MODEL_KIND:
             connection.close()
             raise TypeError(f"the endpoint {connection.address} serves an environment, not a model; "

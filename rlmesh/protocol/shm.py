@@ -56,6 +56,8 @@ _MAX_FRAMES = 1 << 16
 SLICE_S = 0.1
 #: Upper bound of the adaptive spin before sleeping (nanoseconds).
 MAX_SPIN_NS = 200_000
+#: A yield that takes longer than this (ns) means another process had to run on this CPU.
+_CROWDED_NS = 20_000
 _SHM_ROOT = "/dev/shm"
 _PREFIX = "rlmesh-"
 
@@ -275,14 +277,20 @@ class Channel:
         words, word = self._words, box + index
         if words[word] != seen:
             return True
-        started = time.perf_counter_ns()
+        clock, yield_ = time.perf_counter_ns, os.sched_yield
+        started = now = clock()
         spin_until = started + min(self._spin_ns, int(timeout * 1e9))
-        yield_ = os.sched_yield
-        while time.perf_counter_ns() < spin_until:
+        while now < spin_until:
             yield_()  # a peer sharing this CPU gets to run; a no-op on an idle machine
             if words[word] != seen:
-                self._adapt(time.perf_counter_ns() - started, False)
+                self._adapt(clock() - started, False)
                 return True
+            before, now = now, clock()
+            if now - before > _CROWDED_NS:
+                # The yield gave the CPU away: more runnable processes than CPUs. Spinning
+                # would take turns from the peer we wait for; sleep, and spin less next time.
+                self._spin_ns //= 2
+                break
         if not sleep:
             return False
         deadline = time.monotonic() + timeout

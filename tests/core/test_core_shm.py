@@ -435,3 +435,57 @@ def test_sigint_during_a_wait_interrupts_the_client(spawn_server: Any) -> None:
     assert child.stdout.readline().strip() == "INTERRUPTED"
     assert time.monotonic() - started < 1.0
     child.wait(10)
+
+
+# --- every client ------------------------------------------------------------------------------------
+
+def test_each_endpoint_of_a_multi_endpoint_env_has_a_channel_and_matches_zmq(
+        spawn_server: Any, clients: Any) -> None:
+    servers = [spawn_server("cartpole"), spawn_server("cartpole")]
+    addresses = [server.address for server in servers]
+    runs = []
+    for transport in ("shm", "zmq"):
+        envs = clients(rnp.MultiEndpointVectorEnv, addresses, transport=transport)
+        assert [e.connection.transport for e in envs._endpoints] == [transport, transport]
+        seen = [_comparable(envs.reset(seed=[1, 2]))]
+        for i in range(30):
+            seen.append(_comparable(envs.step(np.array([i % 2, (i // 2) % 2]))))
+        envs.close()
+        runs.append(seen)
+    _assert_same(runs[0], runs[1])
+
+
+def test_async_lanes_over_shared_memory_return_the_fast_lane_first(spawn_server: Any, clients: Any) -> None:
+    """recv() waits on several channels at once: a reply on one is seen while another is busy."""
+    servers = [spawn_server("faulty"), spawn_server("faulty")]
+    envs = clients(rnp.MultiEndpointVectorEnv, [s.address for s in servers])
+    assert all(e.connection.transport == "shm" for e in envs._endpoints)
+    envs.reset(seed=0)
+    started = time.monotonic()
+    envs.send(np.array([3, 0]))  # lane 0 sleeps 4 s, lane 1 answers at once
+    *_, info = envs.recv(min_lanes=1)
+    assert list(info["env_id"]) == [1]
+    assert time.monotonic() - started < 1.0
+    *_, info = envs.recv(min_lanes=1)
+    assert list(info["env_id"]) == [0]
+
+
+def test_model_clients_use_shared_memory_too(clients: Any) -> None:
+    from rlmesh.server.model import ModelServer
+
+    server = ModelServer(lambda observation: np.asarray(observation).sum(), "tcp://127.0.0.1:0").start()
+    try:
+        policy = clients(rnp._PolicyClient, server.address)
+        assert policy.transport == "shm"
+        assert float(policy.predict(np.arange(4.0))) == 6.0
+    finally:
+        server.shutdown()
+
+
+def test_rlmesh_transport_keeps_clients_made_for_you_on_zmq(server_pool: Any, clients: Any,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RLMESH_TRANSPORT", "zmq")
+    env = clients(rnp.RemoteEnv, server_pool("cartpole"))
+    assert env.transport == "zmq"
+    env.close()
+    assert clients(rnp.RemoteEnv, server_pool("cartpole"), transport="shm").transport == "shm"
