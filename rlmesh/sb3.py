@@ -12,7 +12,10 @@ whatever autoreset mode the vector env uses:
 - ``step_async`` / ``step_wait`` use the vector env's own ``step_async`` / ``step_wait`` where
   it has them (rlmesh's clients, ``AsyncVectorEnv``), so the request is out while SB3 computes;
 - ``env_method`` / ``get_attr`` / ``set_attr`` go through the vector env's ``call`` /
-  ``get_attr`` / ``set_attr`` (for remote envs: on the server, through the codec).
+  ``get_attr`` / ``set_attr`` (for remote envs: on the server, through the codec); with
+  ``indices`` for some lanes only, through its ``call_lanes`` / ``get_attr_lanes`` /
+  ``set_attr_lanes`` where it has them (rlmesh's vector clients), so the other lanes are not
+  touched.
 
 Needs ``stable_baselines3``: ``pip install "rlmesh[sb3]"``.
 """
@@ -162,34 +165,67 @@ class VecEnvAdapter(VecEnv):
     # --- by name --------------------------------------------------------------------------------
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
-        lanes = self._get_indices(indices)
+        lanes = self._lanes(indices)
         if attr_name == "render_mode":  # the same for every lane, and known without a request
             return [self.venv.render_mode for _ in lanes]
+        if self._some(lanes) and self._targets_lanes():
+            unique = list(dict.fromkeys(lanes))  # SB3 allows a lane twice; a lane request does not
+            try:
+                value_of = dict(zip(unique, self.venv.get_attr_lanes(unique, attr_name)))
+                return [value_of[lane] for lane in lanes]
+            except AttributeError:
+                # A served vector env without a sub-env list cannot target lanes: read every lane,
+                # as for a local env (a name that is really missing raises again there).
+                log.debug("get_attr(%r) of lanes %s: reading every lane instead", attr_name, lanes,
+                          exc_info=True)
         values = self._by_name("get_attr", attr_name)
         return [values[i] for i in lanes]
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
-        lanes = list(self._get_indices(indices))
-        if sorted(lanes) == list(range(self.num_envs)):
-            values = [value] * self.num_envs
-        else:  # the vector env sets every lane: the others get their current value back
-            values = list(self._by_name("get_attr", attr_name))
-            for lane in lanes:
-                values[lane] = value
+        lanes = self._lanes(indices)
+        if not self._some(lanes):
+            self._by_name("set_attr", attr_name, [value] * self.num_envs)
+            return
+        if self._targets_lanes():
+            unique = list(dict.fromkeys(lanes))
+            try:
+                self.venv.set_attr_lanes(unique, attr_name, [value] * len(unique))
+                return
+            except AttributeError:  # no sub-env list on the server: write every lane, as below
+                log.debug("set_attr(%r) on lanes %s: writing every lane instead", attr_name, lanes,
+                          exc_info=True)
+        # The vector env sets every lane: the others get their current value back.
+        values = list(self._by_name("get_attr", attr_name))
+        for lane in lanes:
+            values[lane] = value
         self._by_name("set_attr", attr_name, values)
 
     def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None,
                    **method_kwargs: Any) -> list[Any]:
-        lanes = list(self._get_indices(indices))
-        if sorted(lanes) == list(range(self.num_envs)):
+        lanes = self._lanes(indices)
+        if not self._some(lanes):
             results = self._by_name("call", method_name, *method_args, **method_kwargs)
             return [results[i] for i in lanes]
+        if self._targets_lanes():  # runs on those lanes' sub-envs only, wherever they are
+            return list(self.venv.call_lanes(lanes, method_name, *method_args, **method_kwargs))
         sub_envs = getattr(self.venv, "envs", None)
         if sub_envs is None:
             raise NotImplementedError(
-                f"env_method({method_name!r}) on some lanes only: {type(self.venv).__name__}.call() runs "
-                "on every lane; call it without indices (and pick the results you need)")
+                f"env_method({method_name!r}) on some lanes only: {type(self.venv).__name__} has neither "
+                "call_lanes() nor a sub-env list (envs), and its call() runs on every lane; call it "
+                "without indices, or use a vector env with sub-envs (e.g. SyncVectorEnv)")
         return [sub_envs[i].get_wrapper_attr(method_name)(*method_args, **method_kwargs) for i in lanes]
+
+    def _lanes(self, indices: VecEnvIndices) -> list[int]:
+        return [int(i) for i in self._get_indices(indices)]
+
+    def _some(self, lanes: list[int]) -> bool:
+        """Whether ``lanes`` leaves out a lane (so a call on every lane would touch others)."""
+        return sorted(lanes) != list(range(self.num_envs))
+
+    def _targets_lanes(self) -> bool:
+        return all(callable(getattr(self.venv, name, None))
+                   for name in ("call_lanes", "get_attr_lanes", "set_attr_lanes"))
 
     def env_is_wrapped(self, wrapper_class: type[Any], indices: VecEnvIndices = None) -> list[bool]:
         lanes = self._get_indices(indices)

@@ -23,9 +23,10 @@ the others. Batch and info layout lives in :mod:`rlmesh.client.batches`.
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, Union
 
@@ -434,10 +435,73 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
         """Set attribute ``name`` on every lane: ``values[i]`` on lane ``i`` (a list or tuple with
         one value per lane), or the same value everywhere."""
         self._check_idle(f"set_attr({name!r})")
-        values = _per_lane_values(values, self._num_envs)
+        values = per_lane_values(values, self._num_envs)
         requests = [(e, Request.SET_ATTR, {"name": name, "values": list(values[e.start:e.start + e.size])
                                            if e.vector else values[e.start]}) for e in self._endpoints]
         self._gather(requests)
+
+    def call_lanes(self, lane_ids: Sequence[int], name: str, /, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        """:meth:`call` on the lanes ``lane_ids`` only: one result per lane id, in their order.
+
+        Only the endpoints that serve those lanes are asked, and a vector endpoint runs ``name``
+        on the requested lanes' sub-envs alone (it needs a sub-env list, as ``SyncVectorEnv``
+        has; a served ``AsyncVectorEnv`` refuses with ``AttributeError``). ``lane_ids`` and
+        ``name`` are positional-only, so every keyword goes to the method.
+        """
+        self._check_idle(f"call({name!r})")
+        lanes = check_lane_ids(lane_ids, self._num_envs)
+        payload = {"name": name, "args": list(args), "kwargs": kwargs}
+        requests, order = self._lane_requests(lanes, Request.CALL, lambda local, wanted: (
+            {**payload, "lanes": local} if local is not None else payload))
+        results = self._gather(requests)
+        by_lane: dict[int, Any] = {}
+        for (endpoint, _, _), result, wanted in zip(requests, results, order):
+            # A vector endpoint answers one value per requested lane, a single env its one value.
+            for lane, value in zip(wanted, result if endpoint.vector else (result,)):
+                by_lane[lane] = value
+        return self._convert(tuple(by_lane[lane] for lane in lanes))  # type: ignore[no-any-return]
+
+    def get_attr_lanes(self, lane_ids: Sequence[int], name: str) -> tuple[Any, ...]:
+        """:meth:`get_attr` of the lanes ``lane_ids`` only (``call_lanes(lane_ids, name)``)."""
+        return self.call_lanes(lane_ids, name)
+
+    def set_attr_lanes(self, lane_ids: Sequence[int], name: str, values: Any) -> None:
+        """:meth:`set_attr` on the lanes ``lane_ids`` only: ``values[k]`` on lane ``lane_ids[k]``
+        (a list or tuple with one value per lane id), or the same value on each. Other lanes
+        and the endpoints that serve none of them are not touched."""
+        self._check_idle(f"set_attr({name!r})")
+        lanes = check_lane_ids(lane_ids, self._num_envs)
+        value_of = dict(zip(lanes, per_lane_values(values, len(lanes), "lane ids")))
+
+        def payload(local: list[int] | None, wanted: list[int]) -> dict[str, Any]:
+            if local is None:
+                return {"name": name, "values": value_of[wanted[0]]}
+            return {"name": name, "values": [value_of[lane] for lane in wanted], "lanes": local}
+
+        requests, _ = self._lane_requests(lanes, Request.SET_ATTR, payload)
+        self._gather(requests)
+
+    def _lane_requests(self, lanes: list[int], kind: str,
+                       payload: Callable[[list[int] | None, list[int]], Any],
+                       ) -> tuple[list[tuple[_Endpoint, str, Any]], list[list[int]]]:
+        """One request per endpoint serving some of ``lanes``, and the global lanes of each.
+
+        ``payload(local, wanted)`` makes a request's payload from the endpoint's own lane ids
+        (``None`` for a single-env endpoint) and the global lane ids they stand for.
+        """
+        wanted_of: dict[int, list[int]] = {}
+        for lane in lanes:
+            wanted_of.setdefault(self._endpoint_of(lane).start, []).append(lane)
+        requests: list[tuple[_Endpoint, str, Any]] = []
+        order: list[list[int]] = []
+        for endpoint in self._endpoints:
+            wanted = wanted_of.get(endpoint.start)
+            if wanted is None:
+                continue  # none of its lanes: this endpoint is not asked at all
+            local = [lane - endpoint.start for lane in wanted] if endpoint.vector else None
+            requests.append((endpoint, kind, payload(local, wanted)))
+            order.append(wanted)
+        return requests, order
 
     # --- async lanes (EnvPool style) ------------------------------------------------------------
 
@@ -799,7 +863,7 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
             for index in sent.waiting:
                 connection = sent.requests[index][0].connection
                 try:
-                    if connection.socket in ready:
+                    if connection in ready:
                         done, value = connection.poll_reply(sent.ids[index])
                         if done:
                             sent.results[index] = value
@@ -920,11 +984,38 @@ def _single_arrays(np: Any, reward: Any, terminated: Any, truncated: Any) -> tup
             np.array([truncated], dtype=np.bool_))
 
 
-def _per_lane_values(values: Any, n: int) -> list[Any]:
+def per_lane_values(values: Any, n: int, what: str = "lanes") -> list[Any]:
     """Gymnasium's ``set_attr`` rule: a list or tuple holds one value per lane, anything else is for all."""
     if not isinstance(values, (list, tuple)):
         return [values] * n
     if len(values) != n:
-        raise ValueError(f"got {len(values)} values for {n} lanes; give one per lane, or one value "
+        raise ValueError(f"got {len(values)} values for {n} {what}; give one per lane, or one value "
                          "that is not a list or tuple for all of them")
     return list(values)
+
+
+def check_lane_ids(lane_ids: Iterable[Any], num_envs: int) -> list[int]:
+    """``lane_ids`` as a list of distinct ints in ``range(num_envs)``, in the caller's order.
+
+    NumPy or Torch integers (and arrays of them) are accepted; a bool is not a lane id.
+    """
+    try:
+        given = list(lane_ids)
+    except TypeError:
+        raise TypeError(f"lane_ids must be a list of lane numbers, got {lane_ids!r}") from None
+    lanes: list[int] = []
+    seen: set[int] = set()
+    for lane_id in given:
+        if isinstance(lane_id, bool):
+            raise TypeError(f"lane ids must be ints, got {lane_id!r}")
+        try:
+            lane = operator.index(lane_id)
+        except TypeError:
+            raise TypeError(f"lane ids must be ints, got {lane_id!r}") from None
+        if not 0 <= lane < num_envs:
+            raise ValueError(f"lane id {lane} out of range for {num_envs} lanes")
+        if lane in seen:
+            raise ValueError(f"lane id {lane} appears twice in lane_ids")
+        seen.add(lane)
+        lanes.append(lane)
+    return lanes

@@ -9,7 +9,12 @@ from typing import Any, ClassVar, Generic, TypeVar, Union
 
 from rlmesh.backends import PLAIN, Backend
 from rlmesh.client.closing import Closeable
-from rlmesh.client.multi import MultiEndpointVectorEnv, MultiEndpointVectorEnvBase
+from rlmesh.client.multi import (
+    MultiEndpointVectorEnv,
+    MultiEndpointVectorEnvBase,
+    check_lane_ids,
+    per_lane_values,
+)
 from rlmesh.client.pending import PendingCall
 from rlmesh.client.surface import EnvSurface, Surface, VectorEnvSurface
 from rlmesh.protocol.address import to_zmq_endpoint
@@ -153,19 +158,25 @@ class _RemoteClient(AttachedClient, EnvSurface, Generic[ValueT, ActionT]):
         obs, reward, terminated, truncated, info = self._request(Request.STEP, action, "step()")
         return obs, reward, terminated, truncated, info
 
-    def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+              lanes: list[int] | None = None) -> Any:
         if not isinstance(name, str):
             raise TypeError(f"the name to call must be a string, got {name!r}")
+        payload: dict[str, Any] = {"name": name, "args": list(args), "kwargs": kwargs}
+        if lanes is not None:
+            payload["lanes"] = lanes
         try:
-            return self._request(Request.CALL, {"name": name, "args": list(args), "kwargs": kwargs},
-                                 f"call({name!r})")
+            return self._request(Request.CALL, payload, f"call({name!r})")
         except EncodeError as exc:
             raise TypeError(f"call({name!r}): the arguments cannot be sent: {exc.where(('args', 'kwargs'))}: "
                             f"{exc.reason}; pass plain data (numbers, strings, arrays, lists, dicts)") from exc
 
-    def _set_attr(self, name: str, values: Any) -> None:
+    def _set_attr(self, name: str, values: Any, lanes: list[int] | None = None) -> None:
+        payload: dict[str, Any] = {"name": name, "values": values}
+        if lanes is not None:
+            payload["lanes"] = lanes
         try:
-            self._request(Request.SET_ATTR, {"name": name, "values": values}, f"set_attr({name!r})")
+            self._request(Request.SET_ATTR, payload, f"set_attr({name!r})")
         except EncodeError as exc:
             raise TypeError(f"set_attr({name!r}): the value cannot be sent: {exc.reason}; "
                             "pass plain data (numbers, strings, arrays, lists, dicts)") from exc
@@ -312,6 +323,28 @@ class RemoteVectorEnvBase(_RemoteClient[ValueT, ActionT], VectorEnvSurface):
             raise ValueError(f"got {len(values)} values for {n} lanes; give one per lane, or one value "
                              "that is not a list or tuple for all of them")
         self._set_attr(name, list(values))
+
+    def call_lanes(self, lane_ids: Sequence[int], name: str, /, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        """:meth:`call` on the lanes ``lane_ids`` only: one result per lane id, in their order.
+
+        The others are not touched: the server runs ``name`` on those lanes' sub-envs alone (so
+        it needs a vector env with a sub-env list, such as ``SyncVectorEnv``; a served
+        ``AsyncVectorEnv`` refuses with ``AttributeError``). ``lane_ids`` are distinct lane
+        numbers; ``lane_ids`` and ``name`` are positional-only, so every keyword goes to the method.
+        """
+        lanes = check_lane_ids(lane_ids, self.num_envs)
+        return tuple(self._call(name, args, kwargs, lanes))
+
+    def get_attr_lanes(self, lane_ids: Sequence[int], name: str) -> tuple[Any, ...]:
+        """:meth:`get_attr` of the lanes ``lane_ids`` only (``call_lanes(lane_ids, name)``)."""
+        return self.call_lanes(lane_ids, name)
+
+    def set_attr_lanes(self, lane_ids: Sequence[int], name: str, values: Any) -> None:
+        """:meth:`set_attr` on the lanes ``lane_ids`` only: ``values[k]`` on lane ``lane_ids[k]``
+        (a list or tuple with one value per lane id), or the same value on each; the other
+        lanes keep theirs untouched."""
+        lanes = check_lane_ids(lane_ids, self.num_envs)
+        self._set_attr(name, per_lane_values(values, len(lanes), "lane ids"), lanes)
 
     def _start(self, name: str, kind: str, payload: Any) -> None:
         self._pending.check_idle(f"{name}_async()")

@@ -791,3 +791,17 @@ class SandboxVectorEnvBase(SandboxSessionBase[Any], VectorEnvSurface, EnvSurface
     def set_attr(self, name: str, values: Any) -> None:
         """Set attribute ``name`` on every lane: one value for all, or a list with one per lane."""
         self.client.set_attr(name, values)
+
+    def call_lanes(self, lane_ids: Sequence[int], name: str, /, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        """Call the env's method ``name`` on the lanes ``lane_ids`` only: one result per lane id."""
+        result: tuple[Any, ...] = self.client.call_lanes(lane_ids, name, *args, **kwargs)
+        return result
+
+    def get_attr_lanes(self, lane_ids: Sequence[int], name: str) -> tuple[Any, ...]:
+        """The attribute ``name`` of the lanes ``lane_ids`` only: one value per lane id."""
+        result: tuple[Any, ...] = self.client.get_attr_lanes(lane_ids, name)
+        return result
+
+    def set_attr_lanes(self, lane_ids: Sequence[int], name: str, values: Any) -> None:
+        """Set attribute ``name`` on the lanes ``lane_ids`` only: one value for all, or one per lane id."""
+        self.client.set_attr_lanes(lane_ids, name, values)

@@ -5,6 +5,10 @@ env with its one result. Names are checked before anything runs: private names (
 ``_``), the requests that have their own message (``reset``, ``step``, ``close``) and, for
 ``set_attr``, the attributes the client fixed at connect time (spaces, metadata) are refused.
 Values travel through the codec like every other payload, so only plain data crosses.
+
+An optional ``lanes`` field (distinct lane ids of a vector env, in the caller's order) limits a
+request to those lanes: the call runs on ``env.envs[i]`` of each, never on the others, and the
+result holds one entry per requested lane. Without it (or ``None``) every lane is concerned.
 """
 
 from __future__ import annotations
@@ -61,14 +65,50 @@ def _sub_envs(env: Any, what: str) -> list[Any]:
     return list(envs)
 
 
+def _lane_ids(payload: dict[str, Any], num_envs: int) -> list[int] | None:
+    """The request's ``lanes`` (``None``: every lane), checked against ``num_envs``."""
+    lanes = payload.get("lanes")
+    if lanes is None:
+        return None
+    # bool is an int subclass, but True as a lane id is a client bug, not lane 1.
+    if not isinstance(lanes, (list, tuple)) or not all(type(lane) is int for lane in lanes):
+        raise ErrorReply(ErrorKind.PROTOCOL, f"lanes must be a list of int lane ids, got {lanes!r}")
+    wrong = [lane for lane in lanes if not 0 <= lane < num_envs]
+    if wrong:
+        raise ErrorReply(ErrorKind.PROTOCOL, f"lane ids {wrong} out of range for {num_envs} lanes "
+                         f"(valid: 0 to {num_envs - 1})")
+    if len(set(lanes)) != len(lanes):
+        twice = sorted({lane for lane in lanes if lanes.count(lane) > 1})
+        raise ErrorReply(ErrorKind.PROTOCOL, f"lane ids {twice} appear more than once in lanes")
+    return list(lanes)
+
+
+def _lane_envs(env: Any, lanes: list[int], what: str) -> list[Any]:
+    """The sub-envs of ``lanes``; a vector env without a sub-env list cannot target lanes."""
+    envs = getattr(env, "envs", None)
+    if envs is None:
+        # Running it on every lane instead would touch lanes the caller meant to leave alone.
+        raise ErrorReply(ErrorKind.NO_ATTRIBUTE, (
+            f"{what} on some lanes only needs a vector env with a sub-env list (envs); the served "
+            f"{type(env).__name__} has none. Serve a SyncVectorEnv (or a list of envs), or {what} "
+            "on every lane"))
+    envs = list(envs)
+    return [envs[lane] for lane in lanes]
+
+
 def run_call(env: Any, vector: bool, payload: Any) -> Any:
     """The result of ``env.<name>(*args, **kwargs)`` (or the attribute, if it is not callable)."""
     if not isinstance(payload, dict):
         raise ErrorReply(ErrorKind.PROTOCOL, "a call request needs {name, args, kwargs}")
     name = check_name(payload.get("name"))
     args, kwargs = list(payload.get("args") or ()), dict(payload.get("kwargs") or {})
-    if not vector:
-        return _call_one(env, name, args, kwargs)
+    lanes = _lane_ids(payload, int(env.num_envs) if vector else 1)
+    if not vector:  # its one lane (0) is the env itself
+        if lanes is None:
+            return _call_one(env, name, args, kwargs)
+        return tuple(_call_one(env, name, args, kwargs) for _ in lanes)
+    if lanes is not None:
+        return tuple(_call_one(sub, name, args, kwargs) for sub in _lane_envs(env, lanes, f"call({name!r})"))
     if callable(getattr(env, "call", None)):
         try:
             return tuple(env.call(name, *args, **kwargs))
@@ -83,9 +123,19 @@ def run_set_attr(env: Any, vector: bool, num_envs: int, payload: Any) -> None:
         raise ErrorReply(ErrorKind.PROTOCOL, "a set_attr request needs {name, values}")
     name = check_name(payload.get("name"), setting=True)
     values = payload.get("values")
+    lanes = _lane_ids(payload, num_envs if vector else 1)
+    if lanes is not None:
+        if not isinstance(values, (list, tuple)) or len(values) != len(lanes):
+            raise ErrorReply(ErrorKind.PROTOCOL, f"set_attr needs one value per requested lane ({len(lanes)})")
+        if not vector:  # its one lane (0) is the env itself
+            for value in values:
+                _set_one(env, name, value)
+            return
+        for sub, value in zip(_lane_envs(env, lanes, f"set_attr({name!r})"), values):
+            _set_one(sub, name, value)
+        return
     if not vector:
-        setter = getattr(env, "set_wrapper_attr", None)
-        setter(name, values) if callable(setter) else setattr(env, name, values)
+        _set_one(env, name, values)
         return
     if not isinstance(values, (list, tuple)) or len(values) != num_envs:
         raise ErrorReply(ErrorKind.PROTOCOL, f"set_attr needs one value per lane ({num_envs})")
@@ -93,5 +143,9 @@ def run_set_attr(env: Any, vector: bool, num_envs: int, payload: Any) -> None:
         env.set_attr(name, list(values))
         return
     for sub, value in zip(_sub_envs(env, "set_attr"), values):
-        setter = getattr(sub, "set_wrapper_attr", None)
-        setter(name, value) if callable(setter) else setattr(sub, name, value)
+        _set_one(sub, name, value)
+
+
+def _set_one(env: Any, name: str, value: Any) -> None:
+    setter = getattr(env, "set_wrapper_attr", None)  # through Gymnasium wrappers, as Gymnasium does
+    setter(name, value) if callable(setter) else setattr(env, name, value)

@@ -270,6 +270,7 @@ class TunableEnv(gym.Env[Any, int]):
         self.delay = delay
         self.episode_steps = episode_steps  # > 0: the episode ends (terminated) after that many steps
         self.steps = 0
+        self.bumps = 0  # counts bump() calls: shows which lanes a call reached
         self._secret = "hidden"
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
@@ -293,6 +294,10 @@ class TunableEnv(gym.Env[Any, int]):
 
     def scaled(self, values: Any, factor: float = 2.0) -> Any:
         return np.asarray(values) * factor
+
+    def bump(self, by: int = 1) -> int:
+        self.bumps += by
+        return self.bumps
 
     def describe(self) -> dict[str, Any]:
         return {"difficulty": self.difficulty, "tag": "tunable"}

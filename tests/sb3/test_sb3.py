@@ -22,6 +22,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 import rlmesh.numpy as rnp
+from rlmesh.errors import EnvironmentException
 from rlmesh.sb3 import as_vec_env
 
 LANES = 4
@@ -80,7 +81,7 @@ def test_calls_seeds_and_images(spawn_server: Any) -> None:
         venv.set_attr("difficulty", 4.0)
         assert [r.tolist() for r in venv.env_method("scaled", [1, 2], factor=3)] == [[3, 6]] * 3
         assert venv.env_method("describe", indices=[2, 1, 0])[0] == {"difficulty": 4.0, "tag": "tunable"}
-        with pytest.raises(NotImplementedError, match="without indices"):  # it would run on every lane
+        with pytest.raises(EnvironmentException, match="boom on purpose"):  # lanes 0 and 1 only
             venv.env_method("boom", indices=[0, 1])
         assert venv.has_attr("difficulty") and not venv.has_attr("no_such_thing")
         assert venv.env_is_wrapped(Monitor) == [False] * 3
