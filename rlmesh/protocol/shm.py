@@ -58,6 +58,8 @@ SLICE_S = 0.1
 MAX_SPIN_NS = 200_000
 #: A yield that takes longer than this (ns) means another process had to run on this CPU.
 _CROWDED_NS = 20_000
+#: Plain spinning (no yields) at the start of a wait (ns).
+_EAGER_NS = 15_000
 _SHM_ROOT = "/dev/shm"
 _PREFIX = "rlmesh-"
 
@@ -280,6 +282,14 @@ class Channel:
         clock, yield_ = time.perf_counter_ns, os.sched_yield
         started = now = clock()
         spin_until = started + min(self._spin_ns, int(timeout * 1e9))
+        # First a few microseconds of plain spinning: a quick peer answers within them, and a
+        # yield on a busy machine can cost a whole time slice of another process.
+        eager_until = min(spin_until, started + _EAGER_NS)
+        while now < eager_until:
+            if words[word] != seen:
+                self._adapt(clock() - started, False)
+                return True
+            now = clock()
         while now < spin_until:
             yield_()  # a peer sharing this CPU gets to run; a no-op on an idle machine
             if words[word] != seen:
