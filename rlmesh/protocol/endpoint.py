@@ -544,7 +544,10 @@ class Endpoint:
     def _offer_channel(self, session: str) -> dict[str, Any] | None:
         """Make ``session`` a shared-memory segment and serve it; the offer for the client."""
         try:
-            channel, offer = shm.create_segment(self._channel_capacity())
+            # As for busy_poll: a server in a background thread must not spin on the GIL its
+            # process (often the client itself) needs.
+            owns_process = threading.current_thread() is threading.main_thread()
+            channel, offer = shm.create_segment(self._channel_capacity(), spin=owns_process)
         except OSError as exc:  # a full or missing /dev/shm: this client stays on zmq
             log.info("no shared-memory channel for client %s: %s", session[:8], exc)
             return None

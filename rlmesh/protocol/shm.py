@@ -176,8 +176,11 @@ def _sweep_orphans() -> None:
             continue
 
 
-def create_segment(capacity: int) -> tuple[Channel, SegmentOffer]:
-    """A new segment with ``capacity`` bytes per direction, as the server's channel and its offer."""
+def create_segment(capacity: int, *, spin: bool = True) -> tuple[Channel, SegmentOffer]:
+    """A new segment with ``capacity`` bytes per direction, as the server's channel and its offer.
+
+    ``spin=False`` makes the server's end sleep at once while it waits (see :class:`Channel`).
+    """
     if not available():
         raise OSError("shared memory is not available on this platform")
     _sweep_orphans()
@@ -199,7 +202,7 @@ def create_segment(capacity: int) -> tuple[Channel, SegmentOffer]:
     memory[:8] = _MAGIC
     memory[8:8 + _NONCE] = nonce
     struct.pack_into("<Q", memory, 24, capacity)
-    channel = Channel(memory, capacity, server=True, path=path)
+    channel = Channel(memory, capacity, server=True, path=path, spin=spin)
     offer = SegmentOffer(name, nonce, size, **local_pid())
     return channel, offer
 
@@ -232,16 +235,21 @@ def open_segment(offer: SegmentOffer) -> Channel | None:
             or _PAGE + 2 * capacity != offer.size):
         memory.close()  # the same name, but not the memory that server offered
         return None
-    return Channel(memory, capacity, server=False)
+    # A server in this very process (a thread of it) needs the GIL to answer: spinning for its
+    # reply would only keep it from running.
+    return Channel(memory, capacity, server=False, spin=offer.pid != os.getpid())
 
 
 class Channel:
     """One end of a segment: :meth:`send` a message, :meth:`receive` the peer's.
 
-    Messages strictly alternate (request, reply, request, ...), as the protocol does.
+    Messages strictly alternate (request, reply, request, ...), as the protocol does. With
+    ``spin=False`` a wait goes to sleep at once: for an end that shares its process (and its
+    GIL) with the peer it waits for.
     """
 
-    def __init__(self, memory: mmap.mmap, capacity: int, *, server: bool, path: str | None = None) -> None:
+    def __init__(self, memory: mmap.mmap, capacity: int, *, server: bool, path: str | None = None,
+                 spin: bool = True) -> None:
         self._memory = memory
         self.capacity = capacity
         self.path = path
@@ -255,7 +263,8 @@ class Channel:
         self._in_data = _PAGE + theirs * capacity
         self._sent = self._words[self._out_word + _SEQ]
         self._seen = self._words[self._in_word + _SEQ]
-        self._spin_ns = MAX_SPIN_NS // 2
+        self._spins = spin
+        self._spin_ns = MAX_SPIN_NS // 2 if spin else 0
         self.closed = False
 
     # --- waiting ------------------------------------------------------------------------------
@@ -325,6 +334,8 @@ class Channel:
         missed it widens the window; a peer that takes much longer than any window (a slow
         env, a client thinking between steps) narrows it, so waiting for it costs no CPU.
         """
+        if not self._spins:
+            return
         if not slept:
             self._spin_ns = max(self._spin_ns, min(2 * waited_ns, MAX_SPIN_NS))
         elif waited_ns < 4 * MAX_SPIN_NS:
