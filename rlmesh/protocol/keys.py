@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,14 +47,16 @@ def new_keypair(name: str, directory: str | os.PathLike[str] = ".") -> tuple[Pat
     """Write ``NAME.key`` (public) and ``NAME.key_secret`` (mode 0600) into ``directory``."""
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
-    old = os.umask(0o077)  # the secret file is never readable by others, not even for a moment
-    try:
-        public, secret = zmq.auth.create_certificates(str(folder), name)
-    finally:
-        os.umask(old)
-    os.chmod(public, 0o644)
-    os.chmod(secret, 0o600)
-    return Path(public), Path(secret)
+    # zmq.auth writes with the default mode: write in a private (0700) folder, tighten the
+    # modes, then move into place, so the secret is never readable by others, not even for a
+    # moment. (Not os.umask: it is process-wide and would race with other threads' files.)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".keys-") as private:
+        public, secret = (Path(p) for p in zmq.auth.create_certificates(private, name))
+        os.chmod(public, 0o644)
+        os.chmod(secret, 0o600)
+        os.replace(secret, folder / secret.name)
+        os.replace(public, folder / public.name)
+    return folder / public.name, folder / secret.name
 
 
 def _load(path: str | os.PathLike[str], what: str, *, secret: bool) -> tuple[bytes, bytes | None]:

@@ -217,3 +217,18 @@ def test_session_keys_pair_one_server_with_one_client(tmp_path: Path) -> None:
     assert client is not None and client.server_public == server.public
     # Two sessions never share a key.
     assert SessionKeys.new(tmp_path / "other").server_files != keys.server_files
+
+
+def test_new_keypair_leaves_the_process_umask_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The umask is process-wide: changing it, even briefly, gave files other threads were
+    writing at that moment (a sandbox's build context) mode 0600."""
+    from rlmesh.protocol.keys import new_keypair
+
+    def no_umask(mask: int) -> int:
+        raise AssertionError("new_keypair changed the process umask")
+
+    monkeypatch.setattr(os, "umask", no_umask)
+    public, secret = new_keypair("someone", tmp_path)
+    assert stat.S_IMODE(public.stat().st_mode) == 0o644
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["someone.key", "someone.key_secret"]
