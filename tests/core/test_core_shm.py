@@ -45,23 +45,28 @@ def our_segments(pid: int | None = None) -> list[str]:
     return [name for name in os.listdir("/dev/shm") if name.startswith(prefix)]
 
 
-def raw_hello(address: str, kernel: str) -> dict[str, Any]:
-    """The handshake reply to a hello that asks for shared memory from kernel ``kernel``."""
+def hello_socket(address: str, session: str, kernel: str | None = None) -> tuple[zmq.Socket[Any], dict[str, Any]]:
+    """A raw peer attached as ``session`` that asked for shared memory from kernel ``kernel``
+    (this one by default), and the handshake it got."""
     socket = zmq.Context.instance().socket(zmq.DEALER)
     socket.setsockopt(zmq.LINGER, 0)
     socket.connect(address if "://" in address else f"tcp://{address}")
-    try:
-        payload = {"protocol": PROTOCOL_GENERATION, "version": rlmesh.__version__,
-                   "transports": ["shm"], "kernel": kernel}
-        socket.send_multipart(codec.encode(["hello", 1, "raw-hello", payload]))
-        assert socket.poll(10_000), "no handshake reply"
-        status, _, contract = codec.decode(socket.recv_multipart())
-        assert status == "ok", contract
-        socket.send_multipart(codec.encode(["close", 2, "raw-hello", None]))
-        socket.poll(2000)
-        return dict(contract)
-    finally:
-        socket.close()
+    payload = {"protocol": PROTOCOL_GENERATION, "version": rlmesh.__version__,
+               "transports": ["shm"], "kernel": shm.kernel_id() if kernel is None else kernel}
+    socket.send_multipart(codec.encode(["hello", 1, session, payload]))
+    assert socket.poll(10_000), "no handshake reply"
+    status, _, contract = codec.decode(socket.recv_multipart())
+    assert status == "ok", contract
+    return socket, dict(contract)
+
+
+def raw_hello(address: str, kernel: str) -> dict[str, Any]:
+    """The handshake reply to a hello that asks for shared memory from kernel ``kernel``."""
+    socket, contract = hello_socket(address, "raw-hello", kernel)
+    socket.send_multipart(codec.encode(["close", 2, "raw-hello", None]))
+    socket.poll(2000)
+    socket.close()
+    return contract
 
 
 # --- the choice ---------------------------------------------------------------------------------
@@ -206,14 +211,7 @@ def test_decoded_values_are_owned_copies_not_views_of_the_segment(server_pool: A
 def test_the_segment_is_private_unguessable_and_gone_once_mapped(spawn_server: Any, clients: Any) -> None:
     server = spawn_server("cartpole")
     pid = server.proc.pid
-    socket = zmq.Context.instance().socket(zmq.DEALER)
-    socket.setsockopt(zmq.LINGER, 0)
-    socket.connect(f"tcp://{server.address}" if "://" not in server.address else server.address)
-    payload = {"protocol": PROTOCOL_GENERATION, "version": rlmesh.__version__, "transports": ["shm"],
-               "kernel": shm.kernel_id()}
-    socket.send_multipart(codec.encode(["hello", 1, "peek", payload]))
-    assert socket.poll(10_000)
-    contract = codec.decode(socket.recv_multipart())[2]
+    socket, contract = hello_socket(server.address, "peek")
     name = contract["shm"]["name"]
     info = os.stat(f"/dev/shm/{name}")
     assert stat.S_IMODE(info.st_mode) == 0o600 and info.st_uid == os.getuid()
@@ -260,16 +258,8 @@ def test_a_killed_end_leaves_nothing_in_dev_shm(victim: str, spawn_server: Any, 
             env.step(0)
         assert time.monotonic() - started < 5.0
     else:
-        raw_hello_pending = our_segments(pid)
-        assert raw_hello_pending == []
-        socket = zmq.Context.instance().socket(zmq.DEALER)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.connect(f"tcp://{server.address}" if "://" not in server.address else server.address)
-        payload = {"protocol": PROTOCOL_GENERATION, "version": rlmesh.__version__, "transports": ["shm"],
-                   "kernel": shm.kernel_id()}
-        socket.send_multipart(codec.encode(["hello", 1, "orphan", payload]))
-        assert socket.poll(10_000)
-        socket.recv_multipart()
+        assert our_segments(pid) == []
+        socket, _ = hello_socket(server.address, "orphan")
         socket.close()
         assert len(our_segments(pid)) == 1
         server.kill()  # before any client mapped it: the name is still there ...
