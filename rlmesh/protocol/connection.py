@@ -179,10 +179,14 @@ class Connection:
                 send_frames(self._socket, codec.encode([Request.DECLINE, 0, self._session, None]))
         if mode == "shm" and self._channel is None:
             self.close()
-            why = ("this platform has no futexes or /dev/shm" if not shm.available() else
-                   "the server did not offer one (it runs on another host, or with transport='zmq', "
-                   "or its /dev/shm is full)" if offer is None else "this user may not open the server's memory (another user's "
-                   "container); run the client as the server's user or root")
+            if not shm.available():
+                why = "this platform has no futexes or /dev/shm"
+            elif offer is None:
+                why = ("the server did not offer one (it runs on another host, or with "
+                       "transport='zmq', or its /dev/shm is full)")
+            else:
+                why = ("this user may not open the server's memory (another user's container); "
+                       "run the client as the server's user or root")
             raise ConnectionError(f"transport='shm': no shared-memory channel to {self.address}: {why}; "
                                   "use transport='auto' to fall back to zmq")
         if self._channel is not None:
@@ -226,7 +230,11 @@ class Connection:
         wait = self.request_timeout if timeout is None else check_timeout("timeout", timeout)
         deadline = None if wait is None else time.monotonic() + wait
         if self._channel is not None:
-            return self._receive_channel(request_id, wait, deadline)
+            done, result = self._channel_reply(request_id, deadline)
+            if done:
+                return result
+            self.mark_timed_out(wait or 0.0)
+            raise TimeoutError(self._broken or f"no reply from {self.address}")
         socket = self._socket
         while True:
             # Blocking receives of at most RECEIVE_SLICE_MS each: between them, look at the monitor.
@@ -243,20 +251,21 @@ class Connection:
             if done:
                 return result
 
-    def _receive_channel(self, request_id: int, wait: float | None, deadline: float | None) -> Any:
+    def _channel_reply(self, request_id: int, deadline: float | None) -> tuple[bool, Any]:
+        """Wait on the shared-memory channel: ``(True, payload)`` once the reply is in, or
+        ``(False, None)`` when ``deadline`` passes; the monitor is checked between slices."""
         channel = self._channel
         assert channel is not None
         while True:
             left = shm.SLICE_S if deadline is None else min(shm.SLICE_S, deadline - time.monotonic())
             if left > 0 and channel.wait(left):
-                done, result = self._reply_to(request_id, self._channel_frames())
+                done, value = self._reply_to(request_id, self._channel_frames())
                 if done:
-                    return result
+                    return True, value
                 continue
             self._check_monitor(False)
             if deadline is not None and time.monotonic() >= deadline:
-                self.mark_timed_out(wait or 0.0)
-                raise TimeoutError(self._broken or f"no reply from {self.address}") from None
+                return False, None
 
     def _channel_frames(self) -> list[Any]:
         assert self._channel is not None
@@ -268,16 +277,7 @@ class Connection:
         usable and the request answerable: waiting again later still gets its reply."""
         deadline = time.monotonic() + check_timeout("timeout", timeout)
         if self._channel is not None:
-            while True:
-                left = min(shm.SLICE_S, deadline - time.monotonic())
-                if left > 0 and self._channel.wait(left):
-                    done, value = self._reply_to(request_id, self._channel_frames())
-                    if done:
-                        return True, value
-                    continue
-                self._check_monitor(False)
-                if time.monotonic() >= deadline:
-                    return False, None
+            return self._channel_reply(request_id, deadline)
         socket = self._socket
         while True:
             slice_ms = max(0, min(RECEIVE_SLICE_MS, int((deadline - time.monotonic()) * 1000) + 1))
