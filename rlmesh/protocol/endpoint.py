@@ -71,6 +71,11 @@ def _error_payload(kind: str, exc: BaseException) -> dict[str, str]:
     }
 
 
+def _refusal(exc: BaseException) -> list[Any]:
+    """The frames of a protocol-error reply to a request whose id is unknown; they always encode."""
+    return codec.encode(["error", -1, _error_payload(ErrorKind.PROTOCOL, exc)])
+
+
 def _spin_recv(socket: zmq.Socket[Any], spin_ns: int) -> list[zmq.Frame] | None:
     """Poll ``socket`` without blocking for up to ``spin_ns``; ``None`` if nothing came.
 
@@ -423,14 +428,9 @@ class Endpoint:
             return  # not even an identity and a header: nothing to answer
         identity = frames[0].bytes
         try:
-            request = codec.decode(frame_contents(frames[1:]), self._tensor_factory, self._object_array)
-            if not isinstance(request, list) or len(request) != 4 or not isinstance(request[0], str):
-                raise ProtocolError("request must be [kind, request_id, session, payload]")
-            kind, request_id, session, payload = request
-            if not isinstance(request_id, int) or isinstance(request_id, bool):
-                raise ProtocolError("request id must be an integer")
+            kind, request_id, session, payload = self._parse(frame_contents(frames[1:]))
         except ProtocolError as exc:
-            self._reply(identity, ["error", -1, _error_payload(ErrorKind.PROTOCOL, exc)])
+            self._send(identity, _refusal(exc))
             return
         if kind == Request.HEARTBEAT:
             if isinstance(session, str):
@@ -446,6 +446,16 @@ class Endpoint:
                 self._workers.submit(session, (identity, request_id, kind, payload))
                 return
         self._send(identity, self._reply_frames(request_id, kind, lambda: self._dispatch(kind, session, payload)))
+
+    def _parse(self, contents: list[Any]) -> tuple[str, int, Any, Any]:
+        """``[kind, request_id, session, payload]`` of one request, checked; else ProtocolError."""
+        request = codec.decode(contents, self._tensor_factory, self._object_array)
+        if not isinstance(request, list) or len(request) != 4 or not isinstance(request[0], str):
+            raise ProtocolError("request must be [kind, request_id, session, payload]")
+        kind, request_id, session, payload = request
+        if not isinstance(request_id, int) or isinstance(request_id, bool):
+            raise ProtocolError("request id must be an integer")
+        return kind, request_id, session, payload
 
     def _answer_job(self, session: str, job: tuple[bytes, int, str, Any]) -> list[Any]:
         _, request_id, kind, payload = job
@@ -470,10 +480,6 @@ class Endpoint:
             log.warning("%s", message)
             return codec.encode(["error", request_id, {
                 "kind": ErrorKind.ENVIRONMENT, "type": "EncodeError", "message": message, "traceback": ""}])
-
-    def _reply(self, identity: bytes, message: list[Any]) -> None:
-        """Send an error reply; it holds only strings and ints, so it always encodes."""
-        self._send(identity, codec.encode(message))
 
     def _send(self, identity: bytes, frames: list[Any]) -> None:
         try:
@@ -553,7 +559,7 @@ class Endpoint:
             return None
         self._channels[session] = SessionChannel(
             session, channel, lambda frames: self._channel_request(session, frames),
-            refuse=lambda exc: codec.encode(["error", -1, _error_payload(ErrorKind.PROTOCOL, exc)]),
+            refuse=_refusal,
             goodbye=lambda: codec.encode(["error", -1, {
                 "kind": ErrorKind.NOT_ATTACHED, "type": "", "traceback": "",
                 "message": "this client is not attached (it was silent for too long, or the server "
@@ -564,16 +570,13 @@ class Endpoint:
     def _channel_request(self, session: str, frames: list[Any]) -> tuple[list[Any], bool]:
         """Answer one request that came through ``session``'s channel (on that channel's thread)."""
         try:
-            request = codec.decode(frames, self._tensor_factory, self._object_array)
-            if not isinstance(request, list) or len(request) != 4 or request[2] != session:
-                raise ProtocolError("request must be [kind, request_id, session, payload] of this session")
-            kind, request_id, _, payload = request
-            if not isinstance(request_id, int) or isinstance(request_id, bool):
-                raise ProtocolError("request id must be an integer")
+            kind, request_id, sender, payload = self._parse(frames)
+            if sender != session:
+                raise ProtocolError("a request through a session's channel must name that session")
             if kind in (Request.HELLO, Request.HEARTBEAT):
                 raise ProtocolError(f"a {kind} cannot come through the shared-memory channel")
         except ProtocolError as exc:
-            return codec.encode(["error", -1, _error_payload(ErrorKind.PROTOCOL, exc)]), False
+            return _refusal(exc), False
         if kind == Request.CLOSE:
             self._close_on_loop(session)
             return codec.encode(["ok", request_id, None]), True
