@@ -54,8 +54,10 @@ _MAX_FRAMES = 1 << 16
 #: Longest a single futex sleep lasts before the waiter looks at deadlines, stop flags and
 #: whether its peer is alive.
 SLICE_S = 0.1
-#: Upper bound of the adaptive spin before sleeping (nanoseconds).
-MAX_SPIN_NS = 200_000
+#: Upper bound of the adaptive spin before sleeping (nanoseconds). A sleeper's wake-up costs
+#: tens of microseconds, more on a virtual machine whose idle CPU the host has parked: a peer
+#: answering within a millisecond (a step of a vector env) is cheaper to wait for awake.
+MAX_SPIN_NS = 1_000_000
 #: A yield that takes longer than this (ns) means another process had to run on this CPU.
 _CROWDED_NS = 20_000
 #: Plain spinning (no yields) at the start of a wait (ns).
@@ -338,7 +340,7 @@ class Channel:
             return
         if not slept:
             self._spin_ns = max(self._spin_ns, min(2 * waited_ns, MAX_SPIN_NS))
-        elif waited_ns < 4 * MAX_SPIN_NS:
+        elif waited_ns <= MAX_SPIN_NS:
             self._spin_ns = min(2 * self._spin_ns + 1000, MAX_SPIN_NS)
         else:
             self._spin_ns //= 2
