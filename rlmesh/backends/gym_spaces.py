@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from rlmesh.wire.spaces import (
@@ -86,8 +87,22 @@ def gymnasium_from_spec(spec: SpaceSpec, seed: int | None = None) -> Any:
     raise TypeError(f"not a space spec: {spec!r}")
 
 
+@functools.cache
+def _array_spaces() -> tuple[type, ...]:
+    from gymnasium import spaces
+
+    return (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+
+
 def stack(space: Any, items: list[Any], n: int) -> Any:
     """Batch ``n`` per-env values of ``space`` the way Gymnasium vector envs expect them."""
+    if type(space) in _array_spaces():
+        import numpy as np
+
+        # Gymnasium's np.stack into a zeroed batch, minus np.stack's own Python-level checks:
+        # the same shape checks and same-kind casting, a few microseconds less per call.
+        batch = np.zeros((n, *space.shape), dtype=space.dtype)
+        return np.concatenate([np.asarray(item)[np.newaxis] for item in items], axis=0, out=batch)
     from gymnasium.vector.utils import concatenate, create_empty_array
 
     out: Any = create_empty_array(space, n=n)

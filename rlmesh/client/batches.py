@@ -8,6 +8,7 @@ values; :func:`to_backend` hands the result over in another flavour.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,15 @@ __all__ = ["numpy_backend", "is_numpy_int", "to_numpy", "to_backend", "leading",
            "concat", "add_lane_info", "add_batch_info"]
 
 
+@functools.cache
+def _spaces() -> Any:
+    """``gymnasium.spaces``, imported once (an import statement on every lane costs microseconds)."""
+    from gymnasium import spaces
+
+    return spaces
+
+
+@functools.cache
 def numpy_backend() -> Backend:
     from rlmesh.backends.numpy import BACKEND
 
@@ -58,8 +68,7 @@ def to_backend(backend: Backend, value: Any) -> Any:
 
 
 def leading(space: Any, batch: Any) -> int:
-    from gymnasium import spaces
-
+    spaces = _spaces()
     if isinstance(space, spaces.Dict):
         return leading(next(iter(space.spaces.values())), batch[next(iter(space.spaces))])
     if isinstance(space, spaces.Tuple):
@@ -68,8 +77,7 @@ def leading(space: Any, batch: Any) -> int:
 
 
 def take(space: Any, batch: Any, start: int, stop: int) -> Any:
-    from gymnasium import spaces
-
+    spaces = _spaces()
     if isinstance(space, spaces.Dict):
         return {k: take(sub, batch[k], start, stop) for k, sub in space.spaces.items()}
     if isinstance(space, spaces.Tuple):
@@ -80,8 +88,8 @@ def take(space: Any, batch: Any, start: int, stop: int) -> Any:
 def rows(space: Any, batch: Any, indices: Sequence[int]) -> Any:
     """The rows ``indices`` of a batch, in that order, as a batch of their own."""
     import numpy as np
-    from gymnasium import spaces
 
+    spaces = _spaces()
     if isinstance(space, spaces.Dict):
         return {k: rows(sub, batch[k], indices) for k, sub in space.spaces.items()}
     if isinstance(space, spaces.Tuple):
@@ -92,8 +100,7 @@ def rows(space: Any, batch: Any, indices: Sequence[int]) -> Any:
 
 
 def item(space: Any, batch: Any, index: int) -> Any:
-    from gymnasium import spaces
-
+    spaces = _spaces()
     if isinstance(space, spaces.Dict):
         return {k: item(sub, batch[k], index) for k, sub in space.spaces.items()}
     if isinstance(space, spaces.Tuple):
@@ -103,10 +110,10 @@ def item(space: Any, batch: Any, index: int) -> Any:
 
 def concat(space: Any, parts: list[Any]) -> Any:
     import numpy as np
-    from gymnasium import spaces
 
     if len(parts) == 1:
         return parts[0]
+    spaces = _spaces()
     if isinstance(space, spaces.Dict):
         return {k: concat(sub, [p[k] for p in parts]) for k, sub in space.spaces.items()}
     if isinstance(space, spaces.Tuple):

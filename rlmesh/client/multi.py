@@ -126,7 +126,7 @@ class _Outcome:
     """What one endpoint's lanes returned for a step (or an autoreset in its place)."""
 
     endpoint: _Endpoint
-    rewards: Any
+    rewards: Any  # arrays over a vector endpoint's lanes, a single env's own values
     terminations: Any
     truncations: Any
     infos: list[Any]  # merged in order: a SameStep lane's final step first, then its reset
@@ -387,7 +387,7 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
         finals: dict[int, tuple[_Outcome, Any, Any]] = {}
         for (endpoint, kind, _), reply in zip(sent.requests, sent.results):
             if self._needs_same_step_reset(endpoint, kind, reply):
-                outcome = _Outcome(endpoint, *_single_arrays(np, reply[1], reply[2], reply[3]), [])
+                outcome = _Outcome(endpoint, reply[1], reply[2], reply[3], [])
                 finals[endpoint.start] = (outcome, reply[0], reply[4])
                 resets.append((endpoint, Request.RESET, _FRESH_RESET))
             else:
@@ -584,7 +584,7 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
             endpoint.flight = None
             if flight.final_step is not None:
                 obs, reward, terminated, truncated, info = flight.final_step
-                outcome = _Outcome(endpoint, *_single_arrays(np, reward, terminated, truncated), [])
+                outcome = _Outcome(endpoint, reward, terminated, truncated, [])
                 self._finish_same_step(outcome, obs, info, flight.reply)
             else:
                 outcome = self._outcome(endpoint, flight.kind, flight.reply)
@@ -727,13 +727,13 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
         if kind == Request.RESET:  # an autoreset (or async_reset) in place of a step
             obs, info = reply
             self._store(endpoint, obs)
+            if not endpoint.vector:
+                return _Outcome(endpoint, 0.0, False, False, [info])
             return _Outcome(endpoint, np.zeros(endpoint.size, dtype=np.float64),
                             np.zeros(endpoint.size, dtype=np.bool_), np.zeros(endpoint.size, dtype=np.bool_), [info])
         obs, reward, terminated, truncated, info = reply
         self._store(endpoint, obs)
-        if endpoint.vector:
-            return _Outcome(endpoint, reward, terminated, truncated, [info])
-        return _Outcome(endpoint, *_single_arrays(np, reward, terminated, truncated), [info])
+        return _Outcome(endpoint, reward, terminated, truncated, [info])
 
     def _finish_same_step(self, outcome: _Outcome, final_obs: Any, final_info: Any, reset_reply: Any) -> None:
         obs, info = reset_reply
@@ -745,18 +745,19 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
         import numpy as np
 
         n = sum(o.endpoint.size for o in outcomes)
+        rewards = _lane_values(np, outcomes, "rewards", None, np.float64)
+        terminations = _lane_values(np, outcomes, "terminations", np.bool_, np.bool_)
+        truncations = _lane_values(np, outcomes, "truncations", np.bool_, np.bool_)
+        ended = terminations | truncations
         infos: dict[str, Any] = {}
         position = 0
         for outcome in outcomes:
+            endpoint = outcome.endpoint
             for info in outcome.infos:
-                self._merge_info(infos, outcome.endpoint, info, position, n)
-            position += outcome.endpoint.size
-        rewards = np.concatenate([np.asarray(o.rewards) for o in outcomes])
-        terminations = np.concatenate([np.asarray(o.terminations, dtype=np.bool_) for o in outcomes])
-        truncations = np.concatenate([np.asarray(o.truncations, dtype=np.bool_) for o in outcomes])
-        for outcome, ended in zip(outcomes, np.split(terminations | truncations,
-                                                     np.cumsum([o.endpoint.size for o in outcomes])[:-1])):
-            self._autoreset[outcome.endpoint.start:outcome.endpoint.start + outcome.endpoint.size] = ended
+                if info:
+                    self._merge_info(infos, endpoint, info, position, n)
+            self._autoreset[endpoint.start:endpoint.start + endpoint.size] = ended[position:position + endpoint.size]
+            position += endpoint.size
         observations = concat(self._gym_single_obs, [o.endpoint.obs for o in outcomes])
         result = (observations, rewards, terminations, truncations, infos)
         if not convert:
@@ -978,10 +979,14 @@ def _describe_lanes(lanes: Sequence[int]) -> str:
     return f"lane {spans[0]}" if len(ordered) == 1 else "lanes " + ", ".join(spans)
 
 
-def _single_arrays(np: Any, reward: Any, terminated: Any, truncated: Any) -> tuple[Any, Any, Any]:
-    """A single env's step values as batches of one."""
-    return (np.array([reward], dtype=np.float64), np.array([terminated], dtype=np.bool_),
-            np.array([truncated], dtype=np.bool_))
+def _lane_values(np: Any, outcomes: list[_Outcome], field: str, dtype: Any, single_dtype: Any) -> Any:
+    """``field`` of the outcomes as one array over their lanes: a vector endpoint gave an array
+    (cast to ``dtype`` unless ``None``), a single env one value (of ``single_dtype``)."""
+    values = [getattr(outcome, field) for outcome in outcomes]
+    if not any(outcome.endpoint.vector for outcome in outcomes):  # the usual case: one call
+        return np.array(values, dtype=single_dtype)
+    return np.concatenate([np.asarray(value, dtype=dtype) if outcome.endpoint.vector
+                           else np.array([value], dtype=single_dtype) for outcome, value in zip(outcomes, values)])
 
 
 def per_lane_values(values: Any, n: int, what: str = "lanes") -> list[Any]:

@@ -96,7 +96,8 @@ _NATIVE_NUMPY_DTYPES: dict[Any, str] = {}
 def _numpy_leaf(value: Any) -> tuple[str, tuple[int, ...], Any] | Any:
     """Split a NumPy array or scalar into (dtype, shape, C-contiguous LE bytes) or a primitive."""
     if value.ndim == 0:  # NumPy scalars and 0-d arrays travel as primitives
-        return float(value) if value.dtype.name == "bfloat16" else value.item()
+        # (dtype.kind first: dtype.name is computed in Python on every call)
+        return float(value) if value.dtype.kind == "V" and value.dtype.name == "bfloat16" else value.item()
     name = _NATIVE_NUMPY_DTYPES.get(value.dtype)
     if name is None:
         name = value.dtype.name

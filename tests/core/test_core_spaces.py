@@ -199,3 +199,37 @@ def test_gymnasium_space_equality_is_not_fooled_by_near_bounds() -> None:
     b = spaces.Box(0.0, 1.0 + 1e-12, (2,), np.float64)
     with pytest.raises(AssertionError):
         assert_same_space(gymnasium_from_spec(spec_from_gymnasium(b)), a)
+
+
+_STACK_CASES = {
+    "box, cast to its dtype": (spaces.Box(0, 1, (3,), np.float32), [np.ones(3), np.zeros(3, np.float32)]),
+    "discrete ints": (spaces.Discrete(3), [1, 2, np.int64(0)]),
+    "discrete floats refused": (spaces.Discrete(3), [1.5, 2]),
+    "box of the wrong shape refused": (spaces.Box(0, 1, (3,), np.float32), [np.ones(4), np.ones(4)]),
+    "multi-discrete": (spaces.MultiDiscrete([2, 3]), [np.array([1, 2]), [0, 1]]),
+    "multi-binary": (spaces.MultiBinary(2), [np.array([1, 0], np.int8), np.array([1, 1], np.int8)]),
+    "dict (Gymnasium's own path)": (spaces.Dict({"a": spaces.Discrete(2)}), [{"a": 1}, {"a": 0}]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_STACK_CASES))
+def test_stack_batches_exactly_as_gymnasium_does(name: str) -> None:
+    from gymnasium.vector.utils import concatenate, create_empty_array
+
+    from rlmesh.backends.gym_spaces import stack
+
+    space, items = _STACK_CASES[name]
+
+    def outcome(make: Any) -> Any:
+        try:
+            batch = make()
+        except Exception as exc:  # the same refusal, whatever its wording
+            return type(exc)
+        return batch if isinstance(batch, dict) else (batch.dtype, batch.shape, batch.tolist())
+
+    want = outcome(lambda: concatenate(space, items, create_empty_array(space, n=len(items))))
+    got = outcome(lambda: stack(space, items, len(items)))
+    if isinstance(want, dict):
+        assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
+    else:
+        assert got == want
