@@ -10,17 +10,19 @@ Cases (each prints steps/s per contender and the ratio to the case's reference):
   Target: shm >= 0.8x.
 - ``busy32``: an env that computes for 200 us per step, x32, through two servers of 16 lanes
   each (``MultiEndpointVectorEnv``). Reference: the best of Gymnasium ``AsyncVectorEnv``
-  (``shared_memory=True``: a process per env, and 2 worker processes of 16 lanes each) and SB3
-  ``SubprocVecEnv`` (if installed).
+  (``shared_memory=True``: a process per env, and 2 worker processes of 16 lanes each), SB3
+  ``SubprocVecEnv`` (if installed) and, with ``--pufferlib-python``, PufferLib's
+  ``Multiprocessing`` with 2 workers of 16 lanes (run in its own venv).
   Target: shm >= 1.1x the best.
-- ``crowded``: two single-env servers and one client stepping both (three spinners on two
-  CPUs) against one server and its client. Target: >= 0.8x the env steps/s (no collapse).
+- ``crowded``: one client stepping two single-env servers (three spinners on two CPUs) against
+  the same client on one server. Target: >= 0.8x the env steps/s (no collapse).
 - ``idle``: CPU share of a server and a client 100 ms after the client stops stepping, over
   three seconds. Target: < 1% each.
 
 Contenders of a case run in alternating rounds (``--rounds``), so a change of machine load
 hits them alike; the figure of each is its best round. Run:
-``python bench/bench_transport.py [--case NAME ...] [--seconds S] [--rounds N] [--sandbox ENGINE]``
+``python bench/bench_transport.py [--case NAME ...] [--seconds S] [--rounds N] [--sandbox ENGINE]
+[--pufferlib-python PYTHON]``
 """
 
 from __future__ import annotations
@@ -38,10 +40,10 @@ import gymnasium as gym
 import numpy as np
 
 import rlmesh.numpy as rnp
+from busy_env import BUSY_US, BusyBlock, BusyEnv
 
 log = logging.getLogger("bench_transport")
 
-BUSY_US = 200.0
 SERVER = """
 import sys, time, json
 import gymnasium as gym
@@ -54,42 +56,6 @@ server = EnvServer(env, "tcp://127.0.0.1:0")
 print("READY", server.address, flush=True)
 server.serve()
 """
-
-
-class BusyEnv(gym.Env[Any, int]):
-    """CartPole that also computes for ``BUSY_US`` per step (a physics step in pure Python)."""
-
-    def __init__(self) -> None:
-        self.env = gym.make("CartPole-v1")
-        self.observation_space = self.env.observation_space
-        self.action_space = self.env.action_space
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
-        return self.env.reset(seed=seed)
-
-    def step(self, action: int) -> Any:
-        end = time.perf_counter() + BUSY_US / 1e6
-        while time.perf_counter() < end:
-            pass
-        return self.env.step(action)
-
-
-class BusyBlock(gym.Env[Any, Any]):
-    """16 ``BusyEnv`` lanes as one env, so Gymnasium's AsyncVectorEnv can run them in 2 workers."""
-
-    LANES = 16
-
-    def __init__(self) -> None:
-        self.envs = gym.vector.SyncVectorEnv([BusyEnv for _ in range(self.LANES)])
-        self.observation_space = self.envs.observation_space
-        self.action_space = self.envs.action_space
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
-        return self.envs.reset(seed=seed)[0], {}
-
-    def step(self, action: Any) -> Any:
-        obs, reward, terminated, truncated, _ = self.envs.step(action)
-        return obs, float(reward.sum()), bool(terminated.all()), bool(truncated.all()), {}
 
 
 def make_vector(case: str, lanes: int) -> Any:
@@ -117,6 +83,31 @@ class Servers:
             proc.terminate()
         for proc in self.procs:
             proc.wait(10)
+
+
+class PufferLib:
+    """``pufferlib_stepper.py`` in PufferLib's own venv, stepping when told (one round at a time)."""
+
+    def __init__(self, python: str, envs: int, workers: int) -> None:
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pufferlib_stepper.py")
+        self.envs = envs
+        self.proc = subprocess.Popen([python, script, str(envs), str(workers)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
+        if self.stdout.readline().strip() != "READY":
+            raise RuntimeError(f"the PufferLib stepper did not start (with {python})")
+
+    def run(self, steps: int) -> int:
+        self.stdin.write(f"{steps}\n")
+        self.stdin.flush()
+        if self.stdout.readline().strip() != "done":
+            raise RuntimeError("the PufferLib stepper stopped")
+        return steps * self.envs
+
+    def close(self) -> None:
+        self.stdin.close()
+        self.proc.wait(30)
 
 
 def single_stepper(env: Any) -> Callable[[int], int]:
@@ -157,14 +148,16 @@ def rates(contenders: dict[str, Callable[[int], int]], seconds: float, rounds: i
             while time.perf_counter() - started < seconds:
                 done += run(batch[name])
             best[name] = max(best[name], done / (time.perf_counter() - started))
+            time.sleep(0.6)  # PufferLib's workers spin for 0.5 s after a last step: not on the next round
     return best
 
 
 def report(case: str, reference: str, figures: dict[str, float], target: tuple[str, float] | None) -> bool:
     base = figures[reference]
+    width = max(map(len, figures))
     print(f"\n{case}: steps/s (ratio to {reference})")
     for name, value in figures.items():
-        print(f"  {name:<44} {value:>12,.0f}   {value / base:5.2f}x")
+        print(f"  {name:<{width}} {value:>10,.0f}   {value / base:5.2f}x")
     if target is None:
         return True
     name, ratio = target
@@ -273,6 +266,10 @@ def case_busy32(args: argparse.Namespace) -> bool:
                     subproc.step(actions)
                 return steps * 32
             contenders["SB3 SubprocVecEnv x32"] = sb3_run
+        if args.pufferlib_python:
+            puffer = PufferLib(args.pufferlib_python, envs=32, workers=2)
+            closers.append(puffer.close)
+            contenders["PufferLib Multiprocessing 2 workers x16"] = puffer.run
         figures = rates(contenders, args.seconds, args.rounds)
         closers.pop(0)()
         multi = rnp.MultiEndpointVectorEnv(servers.addresses, transport="zmq")
@@ -281,7 +278,13 @@ def case_busy32(args: argparse.Namespace) -> bool:
         again = rates({best_other: contenders[best_other], "zmq": vector_stepper(multi, 32)},
                       args.seconds, args.rounds)
         figures["rlmesh 2 servers x16, zmq"] = again["zmq"] * figures[best_other] / again[best_other]
-        return report(f"{BUSY_US:g} us env x32", best_other, figures, ("rlmesh 2 servers x16, shared memory", 1.1))
+        met = report(f"{BUSY_US:g} us env x32", best_other, figures, ("rlmesh 2 servers x16, shared memory", 1.1))
+        # The most any vectorizer can do here: every CPU stepping BusyEnv, nothing else.
+        one = BusyEnv()
+        ceiling = len(os.sched_getaffinity(0)) * rates({"one": single_stepper(one)}, 0.5, 1)["one"]
+        print(f"  ceiling ({len(os.sched_getaffinity(0))} CPUs stepping, no overhead): {ceiling:,.0f} steps/s = "
+              f"{ceiling / figures[best_other]:.2f}x {best_other}")
+        return met
     finally:
         for close in closers:
             close()
@@ -289,19 +292,27 @@ def case_busy32(args: argparse.Namespace) -> bool:
 
 
 def case_crowded(args: argparse.Namespace) -> bool:
-    """More spinners than CPUs: two single-env servers and their client on this machine's CPUs."""
+    """More spinners than CPUs: one client stepping two single-env servers on this machine's CPUs.
+
+    The same client (``MultiEndpointVectorEnv``) steps one server, then two: with two, three
+    processes wait by spinning on two CPUs. Not collapsing means the two lanes step at least
+    0.8x as many env steps/s as the one; ``RemoteEnv`` on one server is shown for scale.
+    """
     servers = Servers("cartpole", [0, 0])
     try:
-        one = rnp.RemoteEnv(servers.addresses[0], transport="shm")
-        got = rates({"one server, RemoteEnv": single_stepper(one)}, args.seconds, args.rounds)
+        figures: dict[str, float] = {}
+        one = rnp.MultiEndpointVectorEnv(servers.addresses[:1], transport="shm")
+        single = rnp.RemoteEnv(servers.addresses[1], transport="shm")
+        figures.update(rates({"one server, MultiEndpointVectorEnv": vector_stepper(one, 1),
+                              "one server, RemoteEnv": single_stepper(single)}, args.seconds, args.rounds))
         one.close()
+        single.close()
         both = rnp.MultiEndpointVectorEnv(servers.addresses, transport="shm")
-        got.update(rates({"two servers, MultiEndpointVectorEnv": vector_stepper(both, 2)}, args.seconds,
-                         args.rounds))
+        figures.update(rates({"two servers, MultiEndpointVectorEnv": vector_stepper(both, 2)}, args.seconds,
+                             args.rounds))
         both.close()
-        # Not collapsing: two lanes in lock-step may be slower per lane, never a fraction of one.
-        return report("2 servers + 1 client, shared memory (env steps/s)", "one server, RemoteEnv", got,
-                      ("two servers, MultiEndpointVectorEnv", 0.8))
+        return report("2 servers + 1 client, shared memory (env steps/s)", "one server, MultiEndpointVectorEnv",
+                      figures, ("two servers, MultiEndpointVectorEnv", 0.8))
     finally:
         servers.close()
 
@@ -341,6 +352,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=1.0, help="length of one round of one contender")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sandbox", help="also a SandboxEnv on this runtime (docker, podman, ...)")
+    parser.add_argument("--pufferlib-python", metavar="PYTHON",
+                        help="a venv's python with PufferLib: adds it to busy32 (see pufferlib_stepper.py)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     met = [CASES[name](args) for name in (args.case or list(CASES))]
