@@ -778,9 +778,15 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
         if endpoint.vector:
             endpoint.obs = obs
             return
+        import numpy as np
+
+        space = self._gym_single_obs
+        if type(obs) is np.ndarray and obs.dtype == getattr(space, "dtype", None) and obs.shape == space.shape:
+            endpoint.obs = obs[np.newaxis]  # a decoded array is this client's own: a view batches it
+            return
         from rlmesh.backends.gym_spaces import stack
 
-        endpoint.obs = stack(self._gym_single_obs, [obs], 1)
+        endpoint.obs = stack(space, [obs], 1)
 
     def _observations(self) -> Any:
         return concat(self._gym_single_obs, [e.obs for e in self._endpoints])
