@@ -378,8 +378,6 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
         and the step stays under way, so a later ``step_wait()`` still collects it. ``None``
         waits as :meth:`step` does (up to ``request_timeout``, if one was set).
         """
-        import numpy as np
-
         sent: _Round = self._pending.expect("step")
         self._wait_pending(sent, timeout, "step")
         outcomes: list[_Outcome] = []
