@@ -139,6 +139,7 @@ class Connection:
         socket.setsockopt(zmq.HEARTBEAT_IVL, _ZMTP_HEARTBEAT_MS)
         socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, _ZMTP_TIMEOUT_MS)
         socket.setsockopt(zmq.RCVTIMEO, RECEIVE_SLICE_MS)
+        socket.setsockopt(zmq.SNDTIMEO, RECEIVE_SLICE_MS)  # see _send_frames
         if self._keys is not None:
             self._keys.apply(socket)
         if "[" in endpoint:
@@ -176,7 +177,10 @@ class Connection:
         if offer is not None:
             self._channel = shm.open_segment(shm.SegmentOffer.from_wire(offer))
             if self._channel is None:  # the server need not keep a thread waiting on the segment
-                send_frames(self._socket, codec.encode([Request.DECLINE, 0, self._session, None]))
+                try:
+                    send_frames(self._socket, codec.encode([Request.DECLINE, 0, self._session, None]))
+                except zmq.Again:  # the connection is gone: the server ends the session on its own
+                    pass
         if mode == "shm" and self._channel is None:
             self.close()
             if not shm.available():
@@ -203,15 +207,18 @@ class Connection:
     def request(self, kind: str, payload: Any = None, *, timeout: float | None = None,
                 connecting: bool = False) -> Any:
         """Send one request and return the decoded reply payload (or raise its error)."""
-        return self.receive(self.send(kind, payload), timeout=timeout, connecting=connecting)
+        request_id = self.send(kind, payload, timeout=timeout, connecting=connecting)
+        return self.receive(request_id, timeout=timeout, connecting=connecting)
 
     @property
     def socket(self) -> zmq.Socket[Any]:
         """The request socket, for polling many connections together (read replies with :meth:`poll_reply`)."""
         return self._socket
 
-    def send(self, kind: str, payload: Any = None) -> int:
-        """Send a request without waiting; return its id for :meth:`receive` or :meth:`poll_reply`."""
+    def send(self, kind: str, payload: Any = None, *, timeout: float | None = None,
+             connecting: bool = False) -> int:
+        """Send a request without waiting for its reply; return its id for :meth:`receive` or
+        :meth:`poll_reply`. ``timeout`` bounds the rare wait to hand it over (as for :meth:`receive`)."""
         if self._closed:
             raise ConnectionError(f"the client for {self.address} is closed")
         if self._broken:
@@ -222,8 +229,24 @@ class Connection:
         if self._channel is not None:
             self._channel.send(frames, alive=self.check_alive)
         else:
-            send_frames(self._socket, frames)
+            self._send_frames(frames, timeout, connecting)
         return self._request_id
+
+    def _send_frames(self, frames: list[Any], timeout: float | None, connecting: bool) -> None:
+        """Queue ``frames`` on the socket. zmq queues at once while it has a connection (or is
+        still making one); it has none after a failed key handshake, and would block for good.
+        So wait in slices, asking the monitor why, up to ``timeout`` (default request_timeout)."""
+        wait = self.request_timeout if timeout is None else timeout
+        deadline = None if wait is None else time.monotonic() + wait
+        while True:
+            try:
+                send_frames(self._socket, frames)
+                return
+            except zmq.Again:
+                self._check_monitor(connecting)
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"could not send to {self.address} within {wait:g} s: "
+                                       "there is no connection to the server") from None
 
     def receive(self, request_id: int, *, timeout: float | None = None, connecting: bool = False) -> Any:
         """Wait for the reply to ``request_id`` and return its payload (or raise its error)."""

@@ -159,3 +159,40 @@ def test_bad_server_timeouts_are_refused() -> None:
         EnvServer(gym.make("CartPole-v1"), session_timeout=math.nan)
     with pytest.raises(ValueError, match="owner_timeout"):
         EnvServer(gym.make("CartPole-v1"), owner_timeout=-5)
+
+
+# --- a send never hangs for good ---------------------------------------------------------------
+
+
+def test_a_send_with_no_connection_to_queue_on_fails_instead_of_hanging(spawn_server: Any) -> None:
+    # zmq queues a request while it has a connection or is making one. After a failed key
+    # handshake it may have neither (seen once in CI: a keyless client's hello hung for 300 s);
+    # dropping the connection by hand makes that state certain.
+    import threading
+    import time
+
+    from rlmesh.protocol.address import to_zmq_endpoint
+    from rlmesh.protocol.connection import Connection
+
+    server = spawn_server("cartpole")
+    connection = Connection(to_zmq_endpoint(server.address), transport="zmq", heartbeat_interval=None)
+    outcome: list[BaseException] = []
+
+    def reset() -> None:
+        try:
+            connection.request("reset", {"seed": 0}, timeout=2.0)
+        except BaseException as exc:  # noqa: BLE001 - the test looks at what it was
+            outcome.append(exc)
+
+    try:
+        connection.socket.disconnect(connection.endpoint)
+        started = time.monotonic()
+        thread = threading.Thread(target=reset, daemon=True)
+        thread.start()
+        thread.join(10.0)
+        assert not thread.is_alive(), "the request hung in zmq's send"
+        assert time.monotonic() - started < 5.0
+        assert len(outcome) == 1 and isinstance(outcome[0], (ConnectionError, TimeoutError)), outcome
+        assert connection.address in str(outcome[0])
+    finally:
+        connection.close(notify=False)
