@@ -147,8 +147,10 @@ class _RemoteClient(AttachedClient, EnvSurface, Generic[ValueT, ActionT]):
 
     def _request(self, kind: str, payload: Any, doing: str) -> Any:
         """One request and its reply; refused while an async call is under way."""
-        self._pending.check_idle(doing)
-        return self._live().request(kind, payload)
+        if self._pending.name is not None:
+            self._pending.check_idle(doing)
+        connection = self._connection
+        return (connection if connection is not None else self._live()).request(kind, payload)
 
     def _reset(self, seed: Any, options: dict[str, object] | None) -> tuple[Any, dict[str, Any]]:
         obs, info = self._request(Request.RESET, {"seed": seed, "options": options}, "reset()")

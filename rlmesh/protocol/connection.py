@@ -282,7 +282,7 @@ class Connection:
         while True:
             left = shm.SLICE_S if deadline is None else min(shm.SLICE_S, deadline - time.monotonic())
             if left > 0 and channel.wait(left):
-                done, value = self._reply_to(request_id, self._channel_frames())
+                done, value = self._reply_to(request_id, channel.receive(alive=self.check_alive))
                 if done:
                     return True, value
                 continue

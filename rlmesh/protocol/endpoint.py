@@ -20,6 +20,7 @@ import time
 import traceback
 import uuid
 from types import TracebackType
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import zmq
@@ -445,7 +446,7 @@ class Endpoint:
             if self._workers is not None:
                 self._workers.submit(session, (identity, request_id, kind, payload))
                 return
-        self._send(identity, self._reply_frames(request_id, kind, lambda: self._dispatch(kind, session, payload)))
+        self._send(identity, self._reply_frames(request_id, kind, session, payload, self._dispatch))
 
     def _parse(self, contents: list[Any]) -> tuple[str, int, Any, Any]:
         """``[kind, request_id, session, payload]`` of one request, checked; else ProtocolError."""
@@ -459,12 +460,13 @@ class Endpoint:
 
     def _answer_job(self, session: str, job: tuple[bytes, int, str, Any]) -> list[Any]:
         _, request_id, kind, payload = job
-        return self._reply_frames(request_id, kind, lambda: self._answer_one(session, kind, payload))
+        return self._reply_frames(request_id, kind, session, payload, self._answer_one)
 
-    def _reply_frames(self, request_id: int, kind: str, compute: Any) -> list[Any]:
-        """The reply to one request: ``compute()``'s result, or the error it raised."""
+    def _reply_frames(self, request_id: int, kind: str, session: Any, payload: Any,
+                      answer: Callable[[Any, str, Any], Any]) -> list[Any]:
+        """The reply to one request: ``answer(session, kind, payload)``, or the error it raised."""
         try:
-            result = compute()
+            result = answer(session, kind, payload)
         except ErrorReply as error:
             return codec.encode(["error", request_id, error.payload])
         except ProtocolError as exc:
@@ -487,7 +489,7 @@ class Endpoint:
         except zmq.ZMQError as exc:  # the peer vanished between request and reply
             log.debug("could not reply to a vanished client: %s", exc)
 
-    def _dispatch(self, kind: str, session: Any, payload: Any) -> Any:
+    def _dispatch(self, session: Any, kind: str, payload: Any) -> Any:
         if kind == Request.HELLO:
             return self._hello(session, payload)
         if session not in self._sessions:
@@ -581,7 +583,7 @@ class Endpoint:
             self._close_on_loop(session)
             return codec.encode(["ok", request_id, None]), True
         self._sessions.touch(session, completed=True)
-        return self._reply_frames(request_id, kind, lambda: self._answer_one(session, kind, payload)), False
+        return self._reply_frames(request_id, kind, session, payload, self._answer_one), False
 
     def _close_on_loop(self, session: str) -> None:
         """Detach ``session`` on the serving thread, which owns the session bookkeeping, and wait."""

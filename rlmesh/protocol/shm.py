@@ -102,11 +102,14 @@ def kernel_id() -> str:
         return ""
 
 
-def _fence(_lock: threading.Lock = threading.Lock()) -> None:
+_FENCE_LOCK = threading.Lock()
+
+
+def _fence() -> None:
     """A full memory barrier: an uncontended lock's atomic instruction orders a store before a
     later load, which the announce-then-check handshake of sleeper and waker relies on."""
-    _lock.acquire()
-    _lock.release()
+    _FENCE_LOCK.acquire()
+    _FENCE_LOCK.release()
 
 
 def local_pid() -> dict[str, Any]:
@@ -263,6 +266,9 @@ class Channel:
         self._out_word, self._in_word = _BOX_WORD[mine], _BOX_WORD[theirs]
         self._out_data = _PAGE + mine * capacity
         self._in_data = _PAGE + theirs * capacity
+        #: The largest frame that travels alone in one chunk (most requests and replies), and where.
+        self._single_room = capacity - _SINGLE.size
+        self._single_at = self._out_data + _SINGLE.size
         self._sent = self._words[self._out_word + _SEQ]
         self._seen = self._words[self._in_word + _SEQ]
         self._spins = spin
@@ -354,12 +360,17 @@ class Channel:
         if len(frames) == 1 and type(frames[0]) is bytes:  # the common case, in as few steps as can be
             frame: bytes = frames[0]
             size = len(frame)
-            if size + 12 <= self.capacity - _CHUNK_HEAD.size:
-                at = self._out_data + _SINGLE.size
-                _SINGLE.pack_into(self._view, self._out_data, size + 12, size + 12, 1, size)
-                self._view[at:at + size] = frame
+            if size <= self._single_room:
+                memory, at = self._memory, self._single_at
+                _SINGLE.pack_into(memory, self._out_data, size + 12, size + 12, 1, size)
+                memory[at:at + size] = frame
                 self._sent = sent = (self._sent + 1) & _MASK
-                self._post(self._out_word, _SEQ, sent)
+                words, word = self._words, self._out_word
+                words[word] = sent  # what _post does, without its call on every step
+                _FENCE_LOCK.acquire()
+                _FENCE_LOCK.release()
+                if words[word + _SLEEPS]:
+                    self._futex(word, _FUTEX_WAKE, 1 << 30)
                 return
         views = [memoryview(frame).cast("B") for frame in frames]
         if len(views) > _MAX_FRAMES:
@@ -408,9 +419,9 @@ class Channel:
         box, view = self._in_word, self._view
         self._seen = (self._seen + 1) & _MASK
         total, length, count, size = _SINGLE.unpack_from(view, self._in_data)
-        if count == 1 and total == length == size + 12 and total <= self.capacity - _CHUNK_HEAD.size:
+        if count == 1 and total == length == size + 12 and size <= self._single_room:
             at = self._in_data + _SINGLE.size
-            return [bytes(view[at:at + size])]  # one frame: the codec header
+            return [self._memory[at:at + size]]  # one frame: the codec header, as bytes
         total, length = self._chunk()
         start = self._in_data + _CHUNK_HEAD.size
         if length == total:

@@ -44,8 +44,17 @@ def array_from_wire(dtype: str, shape: tuple[int, ...], buffer: Any) -> Any:
     A raw zmq frame belongs to this message alone, so a writable frame becomes the array's
     memory directly; read-only inline bytes are copied once.
     """
-    array = np.frombuffer(buffer, dtype=numpy_dtype(dtype)).reshape(shape)
-    return array if array.flags.writeable else array.copy()
+    # Runs for every array of every step: the dtype comes from a dict, and a 1-D array skips
+    # reshape() and the flags object, which cost more than the copy of a small observation.
+    numpy_type = _DTYPES.get(dtype)
+    array = np.frombuffer(buffer, numpy_type if numpy_type is not None else numpy_dtype(dtype))
+    if len(shape) != 1:
+        array = array.reshape(shape)
+    elif len(array) != shape[0]:
+        raise ValueError(f"a tensor of shape {shape} came with {len(array)} items")
+    if type(buffer) is memoryview and not buffer.readonly:
+        return array
+    return array.copy()
 
 
 def asarray(tensor: Tensor) -> Any:

@@ -45,6 +45,8 @@ _DTYPE_CODES: Final = {name: i for i, name in enumerate(_DTYPE_NAMES)}
 _TENSOR_HEAD: Final = struct.Struct("<BB")
 _FRAME_INDEX: Final = struct.Struct("<I")
 _DIMS: Final = tuple(struct.Struct(f"<{ndim}Q") for ndim in range(65))  # NumPy allows 64 dims
+_MAX_DIMS: Final = len(_DIMS)
+_DTYPE_COUNT: Final = len(_DTYPE_NAMES)
 # Every step sends the same few (dtype, shape) pairs: keep their packed heads.
 _HEADS: dict[tuple[str, tuple[int, ...]], bytes] = {}
 _HEADS_LIMIT: Final = 4096
@@ -184,6 +186,12 @@ def _tensor_head(dtype: str, shape: tuple[int, ...]) -> bytes:
     return head
 
 
+def _ext(code: int, data: bytes) -> msgpack.ExtType:
+    """``msgpack.ExtType(code, data)`` without its checks, which run in Python on every array
+    sent; ours are valid by construction."""
+    return tuple.__new__(msgpack.ExtType, (code, data))
+
+
 def _copying_factory(dtype: str, shape: tuple[int, ...], buffer: Any) -> Tensor:
     # Tensors from inline bytes already own their data; frame buffers stay zero-copy views.
     return Tensor(buffer, dtype, shape)
@@ -246,8 +254,8 @@ class _Encoder:
         if len(buffer) >= INLINE_LIMIT:
             frames = self.frames
             frames.append(buffer)
-            return msgpack.ExtType(_EXT_TENSOR_FRAME, head + _FRAME_INDEX.pack(len(frames) - 1))
-        return msgpack.ExtType(_EXT_TENSOR_INLINE, head + bytes(buffer))
+            return _ext(_EXT_TENSOR_FRAME, head + _FRAME_INDEX.pack(len(frames) - 1))
+        return _ext(_EXT_TENSOR_INLINE, head + buffer)
 
     def leaf_value(self, leaf: Any) -> Any:
         if type(leaf) is tuple:
@@ -401,22 +409,21 @@ class _Decoder:
             self.depth -= 1
 
     def extension(self, code: int, data: bytes) -> Any:
-        if code in (_EXT_TENSOR_INLINE, _EXT_TENSOR_FRAME):
-            dtype_code, ndim = _TENSOR_HEAD.unpack_from(data)
-            if dtype_code >= len(_DTYPE_NAMES):
+        if code == _EXT_TENSOR_INLINE or code == _EXT_TENSOR_FRAME:
+            dtype_code, ndim = data[0], data[1]
+            if dtype_code >= _DTYPE_COUNT:
                 raise ProtocolError(f"unknown tensor dtype code {dtype_code}")
-            if ndim >= len(_DIMS):
+            if ndim >= _MAX_DIMS:
                 raise ProtocolError(f"tensor with {ndim} dimensions")
-            start = _TENSOR_HEAD.size + 8 * ndim
-            shape = _DIMS[ndim].unpack_from(data, _TENSOR_HEAD.size)
-            payload: Any = memoryview(data)[start:]
-            if code == _EXT_TENSOR_FRAME:
-                (index,) = _FRAME_INDEX.unpack_from(data, start)
-                frames = self.frames
-                if not 0 < index < len(frames):
-                    raise ProtocolError("tensor refers to a missing frame")
-                payload = frames[index]
-            return self.make_tensor(_DTYPE_NAMES[dtype_code], shape, payload)
+            shape = _DIMS[ndim].unpack_from(data, 2)
+            start = 2 + 8 * ndim  # after the dtype code, ndim and the dims
+            if code == _EXT_TENSOR_INLINE:
+                return self.make_tensor(_DTYPE_NAMES[dtype_code], shape, memoryview(data)[start:])
+            (index,) = _FRAME_INDEX.unpack_from(data, start)
+            frames = self.frames
+            if not 0 < index < len(frames):
+                raise ProtocolError("tensor refers to a missing frame")
+            return self.make_tensor(_DTYPE_NAMES[dtype_code], shape, frames[index])
         if code == _EXT_TUPLE:
             return tuple(self.nested(data))
         if code == _EXT_COMPLEX:
