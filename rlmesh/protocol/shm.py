@@ -60,6 +60,8 @@ SLICE_S = 0.1
 MAX_SPIN_NS = 1_000_000
 #: A yield that takes longer than this (ns) means another process had to run on this CPU.
 _CROWDED_NS = 20_000
+#: How many such yields in one wait mean the machine is crowded.
+_CROWDED_YIELDS = 3
 #: Plain spinning (no yields) at the start of a wait (ns).
 _EAGER_NS = 15_000
 _SHM_ROOT = "/dev/shm"
@@ -307,6 +309,7 @@ class Channel:
                 self._adapt(clock() - started, False)
                 return True
             now = clock()
+        slow = 0
         while now < spin_until:
             yield_()  # a peer sharing this CPU gets to run; a no-op on an idle machine
             if words[word] != seen:
@@ -314,10 +317,13 @@ class Channel:
                 return True
             before, now = now, clock()
             if now - before > _CROWDED_NS:
-                # The yield gave the CPU away: more runnable processes than CPUs. Spinning
-                # would take turns from the peer we wait for; sleep, and spin less next time.
-                self._spin_ns //= 2
-                break
+                # The yield gave the CPU away. Once may be the host or a kernel thread; again and
+                # again means more runnable processes than CPUs. Then spinning would take turns
+                # from the peer we wait for: sleep, and spin less next time.
+                slow += 1
+                if slow == _CROWDED_YIELDS:
+                    self._spin_ns //= 2
+                    break
         if not sleep:
             return False
         deadline = time.monotonic() + timeout

@@ -379,6 +379,33 @@ def test_messages_bigger_than_the_segment_travel_in_chunks_both_ways() -> None:
         server_end.close()
 
 
+@pytest.mark.parametrize("slow_yields, crowded", [(1, False), (2, False), (1000, True)])
+def test_a_waiter_stops_spinning_only_when_yields_keep_giving_the_cpu_away(
+        slow_yields: int, crowded: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A yield that takes long once (the host paused this vCPU) is no reason to sleep; one that
+    keeps doing so means more runnable processes than CPUs, and then the spin window shrinks."""
+    server_end, offer = shm.create_segment(1 << 14)
+    client_end = shm.open_segment(offer)
+    assert client_end is not None
+    yields = 0
+
+    def slow_then_quick_yield() -> None:
+        nonlocal yields
+        yields += 1
+        if yields <= slow_yields:
+            time.sleep(0.0002)  # another process ran on this CPU meanwhile
+
+    monkeypatch.setattr(os, "sched_yield", slow_then_quick_yield)
+    try:
+        client_end._spin_ns = window = shm.MAX_SPIN_NS
+        assert not client_end.wait(0.05, sleep=False)  # nobody answers: the whole window passes
+        assert (client_end._spin_ns < window) is crowded
+        assert yields >= (3 if crowded else slow_yields + 1)
+    finally:
+        client_end.close()
+        server_end.close()
+
+
 def test_a_slow_step_costs_no_cpu_while_waiting(spawn_server: Any, clients: Any) -> None:
     """The client sleeps on the futex during a slow step instead of spinning through it."""
     server = spawn_server("faulty")
