@@ -33,6 +33,7 @@ __all__ = [
     "HOST_CA_CERT_DIR",
     "SANDBOX_USER",
     "VENV_DIR",
+    "is_image_name",
     "sandbox_recipe",
     "validate_image_name",
     "validate_import_name",
@@ -207,9 +208,15 @@ def validate_import_name(name: str) -> str:
     return name
 
 
+def is_image_name(name: object) -> bool:
+    """Whether ``name`` is a plain image reference: ``[registry[:port]/]path[:tag][@digest]``,
+    with nothing a shell or a Dockerfile would read as more."""
+    return isinstance(name, str) and _IMAGE_NAME.fullmatch(name) is not None
+
+
 def validate_image_name(name: str) -> str:
     """Return ``name`` if it is a plain image reference such as ``rlmesh-base:bookworm``."""
-    if not isinstance(name, str) or not _IMAGE_NAME.fullmatch(name):
+    if not is_image_name(name):
         raise PackageSpecError(
             f"base image {name!r} is not an image reference like 'rlmesh-base:bookworm' or "
             "'registry.example.com/team/python:3.11'"

@@ -57,7 +57,7 @@ EXPORTS = {
     "rlmesh_runtimes.cli": {"CliDriver", "ENGINE_ENV"},
     "rlmesh_runtimes.ray": {"ADDRESS_VARIABLE", "NAMESPACE", "RayDriver", "SERVER_COMMAND"},
     "rlmesh_images.recipe": {
-        "APP_DIR", "HOST_CA_CERT_DIR", "SANDBOX_USER", "VENV_DIR", "sandbox_recipe",
+        "APP_DIR", "HOST_CA_CERT_DIR", "SANDBOX_USER", "VENV_DIR", "is_image_name", "sandbox_recipe",
         "validate_image_name", "validate_import_name", "validate_package_spec", "validate_system_package",
     },
     "rlmesh_images.bootstrap": {

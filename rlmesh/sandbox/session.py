@@ -401,9 +401,9 @@ class SandboxSessionBase(Generic[RemoteT]):
         The image records its source and settings in labels, so ``image://NAME`` runs it later
         without building. Returns ``name``.
         """
-        from rlmesh.sandbox.sources import _IMAGE
+        from rlmesh_images.recipe import is_image_name
 
-        if not isinstance(name, str) or not _IMAGE.match(name):
+        if not is_image_name(name):
             raise SandboxError(f"invalid image name {name!r}; e.g. 'my-envs:halfcheetah'")
         session = cls.__new__(cls)
         session._build_only = name

@@ -44,9 +44,6 @@ _HF = re.compile(
     r"(?::(?P<selector>[^\s]+))?$"
 )
 _SHA = re.compile(r"^[0-9a-f]{40}$")
-# An image reference: [registry[:port]/]path[:tag][@digest], no spaces or shell characters.
-_IMAGE = re.compile(r"^[a-z0-9][a-z0-9._-]*(?::[0-9]+)?(?:/[a-z0-9][a-z0-9._-]*)*"
-                    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$")
 _ENTRY = re.compile(r"^[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 _SELECTOR_PART = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
@@ -126,8 +123,10 @@ def parse_source(
                       suite=suite, task=task or selected_task)
 
     if text.startswith("image://"):
+        from rlmesh_images.recipe import is_image_name
+
         name = text[len("image://"):]
-        if not _IMAGE.match(name):
+        if not is_image_name(name):
             raise SourceError(f"invalid image name {name!r} in {source!r}; e.g. 'image://my-envs:halfcheetah'")
         return Source("image", source, image=name, task=task)
 

@@ -243,6 +243,9 @@ def test_sigkill_owner_leaves_no_container_behind(sandbox_driver: RuntimeDriver,
     ({"source": "CartPole-v1", "capabilities": ["root"]}, "capabilities"),
     ({"source": "CartPole-v1", "config": {"no_such_key": 1}}, "no_such_key"),
     ({"source": str(HERE)}, "env.py"),
+    ({"source": "image://envs;id"}, "invalid image name"),
+    ({"source": "image://Envs:latest"}, "invalid image name"),
+    ({"source": "image://envs:$(id)"}, "invalid image name"),
 ])
 def test_refusals_happen_before_any_build(kwargs: dict[str, Any], needle: str) -> None:
     class NoEngine(RuntimeDriver):  # any call into the engine would be a failure of the rule
