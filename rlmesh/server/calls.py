@@ -56,13 +56,21 @@ def _call_one(env: Any, name: str, args: Sequence[Any], kwargs: dict[str, Any]) 
     return value(*args, **kwargs) if callable(value) else value
 
 
-def _sub_envs(env: Any, what: str) -> list[Any]:
+def _sub_envs(env: Any, what: str, lanes: list[int] | None = None) -> list[Any]:
+    """The sub-envs of a vector env (those of ``lanes``, if given); refused if it keeps no list."""
     envs = getattr(env, "envs", None)
     if envs is None:
+        if lanes is None:
+            raise ErrorReply(ErrorKind.NO_ATTRIBUTE, (
+                f"the served vector env ({type(env).__name__}) has no {what}() and no sub-env list (envs); "
+                "serve a gymnasium.vector env (e.g. from gymnasium.make_vec) to use it"))
+        # Running it on every lane instead would touch lanes the caller meant to leave alone.
         raise ErrorReply(ErrorKind.NO_ATTRIBUTE, (
-            f"the served vector env ({type(env).__name__}) has no {what}() and no sub-env list (envs); "
-            "serve a gymnasium.vector env (e.g. from gymnasium.make_vec) to use it"))
-    return list(envs)
+            f"{what} on some lanes only needs a vector env with a sub-env list (envs); the served "
+            f"{type(env).__name__} has none. Serve a SyncVectorEnv (or a list of envs), or {what} "
+            "on every lane"))
+    envs = list(envs)
+    return envs if lanes is None else [envs[lane] for lane in lanes]
 
 
 def _lane_ids(payload: dict[str, Any], num_envs: int) -> list[int] | None:
@@ -83,19 +91,6 @@ def _lane_ids(payload: dict[str, Any], num_envs: int) -> list[int] | None:
     return list(lanes)
 
 
-def _lane_envs(env: Any, lanes: list[int], what: str) -> list[Any]:
-    """The sub-envs of ``lanes``; a vector env without a sub-env list cannot target lanes."""
-    envs = getattr(env, "envs", None)
-    if envs is None:
-        # Running it on every lane instead would touch lanes the caller meant to leave alone.
-        raise ErrorReply(ErrorKind.NO_ATTRIBUTE, (
-            f"{what} on some lanes only needs a vector env with a sub-env list (envs); the served "
-            f"{type(env).__name__} has none. Serve a SyncVectorEnv (or a list of envs), or {what} "
-            "on every lane"))
-    envs = list(envs)
-    return [envs[lane] for lane in lanes]
-
-
 def run_call(env: Any, vector: bool, payload: Any) -> Any:
     """The result of ``env.<name>(*args, **kwargs)`` (or the attribute, if it is not callable)."""
     if not isinstance(payload, dict):
@@ -108,7 +103,7 @@ def run_call(env: Any, vector: bool, payload: Any) -> Any:
             return _call_one(env, name, args, kwargs)
         return tuple(_call_one(env, name, args, kwargs) for _ in lanes)
     if lanes is not None:
-        return tuple(_call_one(sub, name, args, kwargs) for sub in _lane_envs(env, lanes, f"call({name!r})"))
+        return tuple(_call_one(sub, name, args, kwargs) for sub in _sub_envs(env, f"call({name!r})", lanes))
     if callable(getattr(env, "call", None)):
         try:
             return tuple(env.call(name, *args, **kwargs))
@@ -131,7 +126,7 @@ def run_set_attr(env: Any, vector: bool, num_envs: int, payload: Any) -> None:
             for value in values:
                 _set_one(env, name, value)
             return
-        for sub, value in zip(_lane_envs(env, lanes, f"set_attr({name!r})"), values):
+        for sub, value in zip(_sub_envs(env, f"set_attr({name!r})", lanes), values):
             _set_one(sub, name, value)
         return
     if not vector:
