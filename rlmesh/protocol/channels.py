@@ -40,7 +40,7 @@ class SessionChannel:
         #: Held while answering: a request of the same session that comes over zmq waits its turn.
         self.lock = threading.Lock()
         self._handle, self._refuse, self._goodbye = handle, refuse, goodbye
-        self._stop = threading.Event()
+        self._stopped = False  # a plain flag: the loop reads it on every request
         self._thread = threading.Thread(target=self._run, name=f"rlmesh-shm-{session[:8]}", daemon=True)
 
     def start(self) -> SessionChannel:
@@ -49,7 +49,7 @@ class SessionChannel:
 
     def stop(self, timeout: float = 10.0) -> None:
         """End the thread after the request it is answering, if any (waits up to ``timeout``)."""
-        self._stop.set()
+        self._stopped = True
         if self.closing or threading.current_thread() is self._thread or not self._thread.is_alive():
             return
         self._thread.join(timeout)
@@ -59,17 +59,18 @@ class SessionChannel:
 
     def _running(self) -> None:
         """Called while a chunked message waits on the peer: give up once stopped."""
-        if self._stop.is_set():
+        if self._stopped:
             raise _Stopped
 
     def _run(self) -> None:
         channel = self.channel
         last = False
         try:
-            while not self._stop.is_set():
+            while not self._stopped:
                 if not channel.wait(SLICE_S):
                     continue
-                channel.unlink()  # both ends have mapped it: nothing is left to find in /dev/shm
+                if channel.path is not None:
+                    channel.unlink()  # both ends have mapped it: nothing is left to find in /dev/shm
                 try:
                     frames = channel.receive(copy=True, alive=self._running)
                 except ProtocolError as exc:  # garbage in the segment: answer it, as for a bad frame

@@ -12,6 +12,7 @@ keys and session bookkeeping are modules of their own.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -560,7 +561,7 @@ class Endpoint:
             log.info("no shared-memory channel for client %s: %s", session[:8], exc)
             return None
         self._channels[session] = SessionChannel(
-            session, channel, lambda frames: self._channel_request(session, frames),
+            session, channel, functools.partial(self._channel_request, session),
             refuse=_refusal,
             goodbye=lambda: codec.encode(["error", -1, {
                 "kind": ErrorKind.NOT_ATTACHED, "type": "", "traceback": "",

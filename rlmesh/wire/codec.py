@@ -15,6 +15,7 @@ keeping them together keeps every extension code next to both of its halves.
 from __future__ import annotations
 
 import enum
+import functools
 import struct
 import threading
 from collections.abc import Callable, Sequence
@@ -373,13 +374,16 @@ def _printable(value: Any, seen: set[int]) -> Any:
 class _Decoder:
     """One thread's decoding state; the extension hook is bound once, not per message."""
 
-    __slots__ = ("frames", "make_tensor", "object_array", "ext_hook", "busy", "depth")
+    __slots__ = ("frames", "make_tensor", "object_array", "unpack", "busy", "depth")
 
     def __init__(self) -> None:
         self.frames: Sequence[Any] = ()
         self.make_tensor: TensorFactory = _copying_factory
         self.object_array: Callable[[ObjectArray], Any] | None = None
-        self.ext_hook = self.extension
+        # One partial, not a method: unpacking runs for every message. timestamp=2: msgpack's own
+        # timestamp extension decodes to a plain int, never an object.
+        self.unpack: Callable[[bytes], Any] = functools.partial(
+            msgpack.unpackb, ext_hook=self.extension, strict_map_key=False, raw=False, use_list=True, timestamp=2)
         self.busy = False
         self.depth = 0
 
@@ -393,10 +397,6 @@ class _Decoder:
         finally:
             self.frames, self.object_array, self.busy = (), None, False
 
-    def unpack(self, data: bytes) -> Any:
-        # timestamp=2: msgpack's own timestamp extension decodes to a plain int, never an object.
-        return msgpack.unpackb(data, ext_hook=self.ext_hook, strict_map_key=False, raw=False,
-                               use_list=True, timestamp=2)
 
     def nested(self, data: bytes) -> Any:
         """Unpack the payload of a tuple or object-array extension, refusing deep nesting."""
