@@ -334,6 +334,9 @@ class Channel:
             while words[word] == seen:
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    # A peer silent for the whole wait (an idle client): spin less before the
+                    # next one, or an idle server would spin a millisecond in every slice.
+                    self._adapt(time.perf_counter_ns() - started, True)
                     return False
                 self._futex(word, _FUTEX_WAIT, seen, min(left, SLICE_S))
         finally:

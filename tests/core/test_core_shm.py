@@ -406,6 +406,21 @@ def test_a_waiter_stops_spinning_only_when_yields_keep_giving_the_cpu_away(
         server_end.close()
 
 
+def test_waits_that_time_out_narrow_the_spin_window() -> None:
+    """Each slice an idle end waits through would otherwise start with a full spin window."""
+    server_end, offer = shm.create_segment(1 << 14)
+    client_end = shm.open_segment(offer)
+    assert client_end is not None
+    try:
+        server_end._spin_ns = shm.MAX_SPIN_NS
+        for _ in range(3):
+            assert not server_end.wait(0.01)  # no request comes
+        assert server_end._spin_ns <= shm.MAX_SPIN_NS // 8
+    finally:
+        client_end.close()
+        server_end.close()
+
+
 def test_a_slow_step_costs_no_cpu_while_waiting(spawn_server: Any, clients: Any) -> None:
     """The client sleeps on the futex during a slow step instead of spinning through it."""
     server = spawn_server("faulty")
@@ -434,8 +449,9 @@ def test_a_server_that_has_gone_idle_uses_no_cpu(spawn_server: Any, clients: Any
         return (int(fields[11]) + int(fields[12])) / ticks
 
     before = cpu_seconds()
-    time.sleep(1.0)
-    assert cpu_seconds() - before < 0.05, "an idle server kept spinning"
+    time.sleep(2.0)
+    # The issue's bound: under 1% of a CPU. At 100 ticks a second, 2 s allow one tick.
+    assert cpu_seconds() - before < 0.02, "an idle server kept spinning"
 
 
 def test_sigint_during_a_wait_interrupts_the_client(spawn_server: Any) -> None:
