@@ -10,7 +10,6 @@ from importlib import metadata
 
 import gymnasium as gym
 import numpy as np
-import pytest
 
 import rlmesh.numpy as rnp
 from rlmesh.runtime import RuntimeDriver
