@@ -275,6 +275,8 @@ class Channel:
         self._seen = self._words[self._in_word + _SEQ]
         self._spins = spin
         self._spin_ns = MAX_SPIN_NS // 2 if spin else 0
+        #: Whether a wait starts with plain spinning: not after one whose yields gave the CPU away.
+        self._eager = True
         self.closed = False
 
     # --- waiting ------------------------------------------------------------------------------
@@ -302,8 +304,10 @@ class Channel:
         started = now = clock()
         spin_until = started + min(self._spin_ns, int(timeout * 1e9))
         # First a few microseconds of plain spinning: a quick peer answers within them, and a
-        # yield on a busy machine can cost a whole time slice of another process.
-        eager_until = min(spin_until, started + _EAGER_NS)
+        # yield on a busy machine can cost a whole time slice of another process. Not when the
+        # last wait's yields gave this CPU away: then the peer may be queued on it, waiting for
+        # this spin to end (with more waiters than CPUs, that costs half the steps).
+        eager_until = min(spin_until, started + _EAGER_NS) if self._eager else started
         while now < eager_until:
             if words[word] != seen:
                 self._adapt(clock() - started, False)
@@ -312,18 +316,20 @@ class Channel:
         slow = 0
         while now < spin_until:
             yield_()  # a peer sharing this CPU gets to run; a no-op on an idle machine
-            if words[word] != seen:
-                self._adapt(clock() - started, False)
-                return True
             before, now = now, clock()
             if now - before > _CROWDED_NS:
                 # The yield gave the CPU away. Once may be the host or a kernel thread; again and
                 # again means more runnable processes than CPUs. Then spinning would take turns
                 # from the peer we wait for: sleep, and spin less next time.
                 slow += 1
-                if slow == _CROWDED_YIELDS:
-                    self._spin_ns //= 2
-                    break
+            if words[word] != seen:
+                self._eager = not slow
+                self._adapt(now - started, False)
+                return True
+            if slow == _CROWDED_YIELDS:
+                self._spin_ns //= 2
+                break
+        self._eager = not slow
         if not sleep:
             return False
         deadline = time.monotonic() + timeout

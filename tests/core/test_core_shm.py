@@ -406,6 +406,45 @@ def test_a_waiter_stops_spinning_only_when_yields_keep_giving_the_cpu_away(
         server_end.close()
 
 
+def test_after_yields_that_gave_the_cpu_away_a_wait_yields_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With more waiters than CPUs the peer may be queued on this very CPU: spinning plainly
+    before the first yield would only keep it waiting."""
+    server_end, offer = shm.create_segment(1 << 14)
+    client_end = shm.open_segment(offer)
+    assert client_end is not None
+    yields = 0
+    slow = True
+
+    def counted_yield() -> None:
+        nonlocal yields
+        yields += 1
+        if slow:
+            time.sleep(0.0002)  # another process ran on this CPU meanwhile
+
+    def yields_in_a_short_wait() -> int:
+        nonlocal yields
+        yields = 0
+        client_end._spin_ns = shm._EAGER_NS // 3  # a window shorter than the plain spin
+        assert not client_end.wait(0.05, sleep=False)
+        return yields
+
+    def a_long_wait() -> None:
+        client_end._spin_ns = shm.MAX_SPIN_NS
+        assert not client_end.wait(0.05, sleep=False)
+
+    monkeypatch.setattr(os, "sched_yield", counted_yield)
+    try:
+        assert yields_in_a_short_wait() == 0  # a fresh end spins plainly first
+        a_long_wait()  # ...whose yields come back late
+        assert yields_in_a_short_wait() >= 1
+        slow = False  # the CPU is this end's own again
+        assert yields_in_a_short_wait() >= 1  # the last wait's yields came back late
+        assert yields_in_a_short_wait() == 0  # this one's came back at once
+    finally:
+        client_end.close()
+        server_end.close()
+
+
 def test_waits_that_time_out_narrow_the_spin_window() -> None:
     """Each slice an idle end waits through would otherwise start with a full spin window."""
     server_end, offer = shm.create_segment(1 << 14)
