@@ -89,6 +89,7 @@ def docker() -> Iterator[RuntimeDriver]:
 def test_sandboxed_model_against_a_local_env(docker: RuntimeDriver, policy_file: Path) -> None:
     with rnp.SandboxModel(str(policy_file), runtime=docker) as model:
         assert len(our_containers(docker)) == 1
+        assert model.client.transport == "shm"  # the container shares this kernel
         result = model.run(gym.make("CartPole-v1"), seeds=SEEDS)
         assert result.returns == by_hand(SEEDS)
         assert result.predict_latency.count == result.total_steps
