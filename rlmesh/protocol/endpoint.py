@@ -20,8 +20,8 @@ import threading
 import time
 import traceback
 import uuid
-from types import TracebackType
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any, TypeVar
 
 import zmq
