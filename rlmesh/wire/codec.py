@@ -397,7 +397,6 @@ class _Decoder:
         finally:
             self.frames, self.object_array, self.busy = (), None, False
 
-
     def nested(self, data: bytes) -> Any:
         """Unpack the payload of a tuple or object-array extension, refusing deep nesting."""
         if self.depth >= MAX_EXTENSION_DEPTH:
