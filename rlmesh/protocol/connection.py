@@ -128,6 +128,9 @@ class Connection:
             self.close(notify=False)
             raise
         self._tensor_factory = tensor_factory
+        # Plain Tensors keep the buffer they are built on. A zmq frame belongs to its message
+        # alone; the shared segment is overwritten by the next message, so take copies from it.
+        self._copy_from_channel = tensor_factory is None
         if heartbeat_interval:
             self._heartbeat = threading.Thread(target=self._beat, args=(heartbeat_interval,),
                                                name="rlmesh-heartbeat", daemon=True)
@@ -282,7 +285,7 @@ class Connection:
         while True:
             left = shm.SLICE_S if deadline is None else min(shm.SLICE_S, deadline - time.monotonic())
             if left > 0 and channel.wait(left):
-                done, value = self._reply_to(request_id, channel.receive(alive=self.check_alive))
+                done, value = self._reply_to(request_id, self._channel_frames())
                 if done:
                     return True, value
                 continue
@@ -292,7 +295,7 @@ class Connection:
 
     def _channel_frames(self) -> list[Any]:
         assert self._channel is not None
-        return self._channel.receive(alive=self.check_alive)
+        return self._channel.receive(alive=self.check_alive, copy=self._copy_from_channel)
 
     def wait_reply(self, request_id: int, timeout: float) -> tuple[bool, Any]:
         """Wait up to ``timeout`` seconds: ``(True, payload)`` once the reply is in, else

@@ -195,15 +195,26 @@ def test_dtypes_infos_and_big_frames_are_equal_over_both_paths(spawn_server: Any
         _assert_same(runs[0], runs[1])
 
 
-def test_decoded_values_are_owned_copies_not_views_of_the_segment(server_pool: Any, clients: Any) -> None:
-    env = clients(rtorch.RemoteEnv, server_pool("image", shape=[64, 64, 3]))
+@pytest.mark.parametrize("shape", [[64, 64, 3], [128, 128, 3]], ids=["inline", "own-frame"])
+@pytest.mark.parametrize("client_class", [rlmesh.RemoteEnv, rnp.RemoteEnv, rtorch.RemoteEnv],
+                         ids=["plain", "numpy", "torch"])
+def test_decoded_values_are_owned_copies_not_views_of_the_segment(
+        client_class: Any, shape: list[int], server_pool: Any, clients: Any) -> None:
+    # 128x128x3 is over the codec's inline limit: the frame travels beside the header, the case
+    # where a decoder could be handed a view of the segment itself.
+    assert (np.prod(shape) >= codec.INLINE_LIMIT) == (shape[0] == 128)
+    env = clients(client_class, server_pool("image", shape=shape))
     assert env.transport == "shm"
     first, _ = env.reset(seed=0)
-    kept = first.clone()
-    second, *_ = env.step(1)  # the segment now holds this frame
-    assert torch.equal(first, kept), "an earlier observation changed when the segment was reused"
-    first += 1  # writable
-    assert not torch.equal(second, first)
+    step_one, *_ = env.step(1)
+    kept = [np.array(np.from_dlpack(value), copy=True) for value in (first, step_one)]
+    env.step(2)  # the segment now holds later frames
+    env.step(3)
+    for value, copy in zip((first, step_one), kept):
+        assert np.array_equal(np.from_dlpack(value), copy), "an earlier observation changed with the segment"
+    if client_class is not rlmesh.RemoteEnv:  # plain Tensors are read-only by design
+        step_one += 1  # writable
+        assert np.array_equal(np.from_dlpack(step_one), kept[1] + 1)
 
 
 # --- segment hygiene --------------------------------------------------------------------------------
