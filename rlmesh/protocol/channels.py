@@ -2,8 +2,9 @@
 
 The serving loop keeps the zmq socket (handshakes, heartbeats, other clients); a session that
 took the same-host fast path gets its requests answered here, by the same handler the loop
-would use. A session that declines the channel, or ends, stops its thread; the segment is
-unmapped when the thread ends, and its name was removed once the first request came through.
+would use. A session that declines the channel, or ends, stops its thread; the thread hangs up
+the channel as it ends (a client waiting on it gets a ``ConnectionError``), the segment is
+unmapped, and its name was removed once the first request came through.
 """
 
 from __future__ import annotations
@@ -32,14 +33,14 @@ class SessionChannel:
     """A thread answering the requests of one session that arrive through ``channel``."""
 
     def __init__(self, session: str, channel: Channel, handle: Handler,
-                 refuse: Callable[[Exception], list[Any]], goodbye: Callable[[], list[Any]]) -> None:
+                 refuse: Callable[[Exception], list[Any]]) -> None:
         self.session = session
         self.channel = channel
         #: Set while the session's own CLOSE is being carried out, which must not wait for this thread.
         self.closing = False
         #: Held while answering: a request of the same session that comes over zmq waits its turn.
         self.lock = threading.Lock()
-        self._handle, self._refuse, self._goodbye = handle, refuse, goodbye
+        self._handle, self._refuse = handle, refuse
         self._stopped = False  # a plain flag: the loop reads it on every request
         self._thread = threading.Thread(target=self._run, name=f"rlmesh-shm-{session[:8]}", daemon=True)
 
@@ -64,10 +65,9 @@ class SessionChannel:
 
     def _run(self) -> None:
         channel = self.channel
-        last = False
         try:
             while not self._stopped:
-                if not channel.wait(SLICE_S):
+                if not channel.wait(SLICE_S) or self._stopped:  # detached meanwhile: answer no more
                     continue
                 if channel.path is not None:
                     channel.unlink()  # both ends have mapped it: nothing is left to find in /dev/shm
@@ -80,11 +80,11 @@ class SessionChannel:
                 channel.send(reply, alive=self._running)
                 if last:
                     return
-            # Detached without a CLOSE: a client still waiting gets told instead of waiting on.
-            channel.send(self._goodbye())
         except _Stopped:  # stopped while a chunked message was under way
+            pass
+        except ConnectionError:  # the client hung up
             pass
         except Exception:  # a bug of ours must cost this session, never the server
             log.exception("the shared-memory channel of client %s failed", self.session[:8])
         finally:
-            channel.close()
+            channel.close()  # hangs up first: a client still waiting is told, not left waiting

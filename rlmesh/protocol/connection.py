@@ -187,7 +187,7 @@ class Connection:
         if mode == "shm" and self._channel is None:
             self.close()
             if not shm.available():
-                why = "this platform has no futexes or /dev/shm"
+                why = "it needs x86-64 Linux with /dev/shm"
             elif offer is None:
                 why = ("the server did not offer one (it runs on another host, or with "
                        "transport='zmq', or its /dev/shm is full)")
@@ -230,7 +230,8 @@ class Connection:
         self._pending_kind = kind
         frames = codec.encode([kind, self._request_id, self._session, payload])
         if self._channel is not None:
-            self._channel.send(frames, alive=self.check_alive)
+            wait = self.request_timeout if timeout is None else timeout
+            self._channel.send(frames, alive=self._alive_until(None if wait is None else time.monotonic() + wait))
         else:
             self._send_frames(frames, timeout, connecting)
         return self._request_id
@@ -285,7 +286,7 @@ class Connection:
         while True:
             left = shm.SLICE_S if deadline is None else min(shm.SLICE_S, deadline - time.monotonic())
             if left > 0 and channel.wait(left):
-                done, value = self._reply_to(request_id, self._channel_frames())
+                done, value = self._reply_to(request_id, self._channel_frames(deadline))
                 if done:
                     return True, value
                 continue
@@ -293,9 +294,23 @@ class Connection:
             if deadline is not None and time.monotonic() >= deadline:
                 return False, None
 
-    def _channel_frames(self) -> list[Any]:
+    def _channel_frames(self, deadline: float | None = None) -> list[Any]:
         assert self._channel is not None
-        return self._channel.receive(alive=self.check_alive, copy=self._copy_from_channel)
+        return self._channel.receive(alive=self._alive_until(deadline), copy=self._copy_from_channel)
+
+    def _alive_until(self, deadline: float | None) -> Callable[[], None]:
+        """What a message that travels in chunks checks while it waits on the server: the
+        connection, and ``deadline``, past which the channel holds half a message for good."""
+        if deadline is None:
+            return self.check_alive
+
+        def alive() -> None:
+            self.check_alive()
+            if time.monotonic() >= deadline:
+                self._broken = (f"the server at {self.address} stopped taking part in a {self._pending_kind} "
+                                "message sent in pieces; the client is unusable, create a new one")
+                raise TimeoutError(self._broken)
+        return alive
 
     def wait_reply(self, request_id: int, timeout: float) -> tuple[bool, Any]:
         """Wait up to ``timeout`` seconds: ``(True, payload)`` once the reply is in, else

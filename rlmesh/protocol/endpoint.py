@@ -563,10 +563,6 @@ class Endpoint:
         self._channels[session] = SessionChannel(
             session, channel, functools.partial(self._channel_request, session),
             refuse=_refusal,
-            goodbye=lambda: codec.encode(["error", -1, {
-                "kind": ErrorKind.NOT_ATTACHED, "type": "", "traceback": "",
-                "message": "this client is not attached (it was silent for too long, or the server "
-                           "stopped); reconnect with a new client"}]),
         ).start()
         return offer.to_wire()
 

@@ -12,8 +12,11 @@ a sequence word; the reader spins on that word for a short, adaptive while and t
 it with a futex (a kernel wait on a word of shared memory, which works across containers
 since they share the kernel). A sleeper announces itself with a flag, so a writer only makes
 the wake-up system call when someone sleeps. A message bigger than the data area travels in
-chunks, each acknowledged. Everything read from the segment is bounds-checked: a peer writing
-garbage gets a :class:`~rlmesh.errors.ProtocolError`, never an out-of-bounds read.
+chunks, each acknowledged. An end that goes away (the server detaching a session, either end
+closing) raises its "hung up" word and wakes the peer, which then gets a ``ConnectionError``
+once it has read every message sent before: nothing is ever written over a message the peer may
+still be reading. Everything read from the segment is bounds-checked: a peer writing garbage
+gets a :class:`~rlmesh.errors.ProtocolError`, never an out-of-bounds read.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ _NONCE = 16
 _SEQ, _ACK = 0, 1
 _SLEEPS = 2  # flag of word i is word i + _SLEEPS
 _BOX_WORD = (32, 48)  # request mailbox at byte 128, reply mailbox at byte 192
+#: Word set by the client (index 0) or the server (index 1) when it has gone for good.
+_HUNG_UP = (16, 17)
 _CHUNK_HEAD = struct.Struct("<QQ")  # message length, this chunk's length
 _FRAME_COUNT = struct.Struct("<I")
 #: A one-frame message in one chunk (most requests and replies), written and read in one go:
@@ -68,7 +73,10 @@ _SHM_ROOT = "/dev/shm"
 _PREFIX = "rlmesh-"
 
 _FUTEX_WAIT, _FUTEX_WAKE = 0, 1
-_SYS_FUTEX = {"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98}.get(platform.machine().lower())
+# x86-64 only: its stores become visible in program order, and _fence() (a locked instruction)
+# is a full barrier there. Weaker memory models (ARM) would need real fences around the
+# sequence words, which Python cannot issue; clients there stay on zmq.
+_SYS_FUTEX = {"x86_64": 202, "amd64": 202}.get(platform.machine().lower())
 
 
 class _Timespec(ctypes.Structure):
@@ -91,7 +99,7 @@ _syscall = _libc_syscall()
 
 
 def available() -> bool:
-    """Whether this platform can use the shared-memory path (Linux with futexes and /dev/shm)."""
+    """Whether this platform can use the shared-memory path (x86-64 Linux with /dev/shm)."""
     return _syscall is not None
 
 
@@ -108,19 +116,30 @@ _FENCE_LOCK = threading.Lock()
 
 
 def _fence() -> None:
-    """A full memory barrier: an uncontended lock's atomic instruction orders a store before a
-    later load, which the announce-then-check handshake of sleeper and waker relies on."""
+    """A full memory barrier on x86-64: an uncontended lock's atomic instruction orders a store
+    before a later load, which the announce-then-check handshake of sleeper and waker relies on."""
     _FENCE_LOCK.acquire()
     _FENCE_LOCK.release()
 
 
+def _pid_namespace() -> str:
+    """This process's pid namespace, as ``pid:[inode]`` ("" where /proc cannot tell)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _segment_prefix() -> str:
+    """Names of this process's segments: the pid namespace's inode and the pid, since a pid alone
+    names different processes in different containers that may share a ``/dev/shm``."""
+    namespace = _pid_namespace()
+    return f"{_PREFIX}{namespace[namespace.find('[') + 1:-1] or 0}-{os.getpid()}-"
+
+
 def local_pid() -> dict[str, Any]:
     """How a client finds this process: its pid and its pid namespace."""
-    try:
-        namespace = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        namespace = ""
-    return {"pid": os.getpid(), "pidns": namespace}
+    return {"pid": os.getpid(), "pidns": _pid_namespace()}
 
 
 def _host_pid(pid: int, namespace: str) -> int | None:
@@ -165,14 +184,17 @@ class SegmentOffer:
 
 
 def _sweep_orphans() -> None:
-    """Remove segments of this user whose server died before a client mapped them."""
+    """Remove segments of this user whose server died before a client mapped them.
+
+    Only names of this pid namespace: a pid of another one means another process."""
+    namespace = _segment_prefix().rsplit("-", 2)[0] + "-"
     try:
-        names = [n for n in os.listdir(_SHM_ROOT) if n.startswith(_PREFIX)]
+        names = [n for n in os.listdir(_SHM_ROOT) if n.startswith(namespace)]
     except OSError:
         return
     for name in names:
         try:
-            pid = int(name[len(_PREFIX):].split("-", 1)[0])
+            pid = int(name[len(namespace):].split("-", 1)[0])
             os.kill(pid, 0)
         except ProcessLookupError:
             try:
@@ -192,7 +214,7 @@ def create_segment(capacity: int, *, spin: bool = True) -> tuple[Channel, Segmen
         raise OSError("shared memory is not available on this platform")
     _sweep_orphans()
     capacity = max(_PAGE, -(-capacity // _PAGE) * _PAGE)
-    name = f"{_PREFIX}{os.getpid()}-{secrets.token_hex(16)}"
+    name = _segment_prefix() + secrets.token_hex(16)
     path = os.path.join(_SHM_ROOT, name)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
@@ -242,6 +264,10 @@ def open_segment(offer: SegmentOffer) -> Channel | None:
             or _PAGE + 2 * capacity != offer.size):
         memory.close()  # the same name, but not the memory that server offered
         return None
+    if capacity < _PAGE or capacity % _PAGE:  # never what create_segment makes
+        memory.close()
+        raise ProtocolError(f"the server's shared-memory segment declares {capacity} bytes per direction; "
+                            f"an rlmesh server makes whole pages of {_PAGE} bytes")
     # A server in this very process (a thread of it) needs the GIL to answer: spinning for its
     # reply would only keep it from running.
     return Channel(memory, capacity, server=False, spin=offer.pid != os.getpid())
@@ -266,6 +292,10 @@ class Channel:
         self._base = ctypes.addressof(self._anchor)
         mine, theirs = (1, 0) if server else (0, 1)  # a server writes replies, reads requests
         self._out_word, self._in_word = _BOX_WORD[mine], _BOX_WORD[theirs]
+        self._my_hang_up, self._peer_hang_up = _HUNG_UP[mine], _HUNG_UP[theirs]
+        self._gone_message = ("the client closed its shared-memory channel" if server else
+                              "this client is not attached any more (it was silent for too long, or "
+                              "the server stopped); reconnect with a new client")
         self._out_data = _PAGE + mine * capacity
         self._in_data = _PAGE + theirs * capacity
         #: The largest frame that travels alone in one chunk (most requests and replies), and where.
@@ -300,6 +330,7 @@ class Channel:
         words, word = self._words, box + index
         if words[word] != seen:
             return True
+        self._check_peer(word, seen)
         clock, yield_ = time.perf_counter_ns, os.sched_yield
         started = now = clock()
         spin_until = started + min(self._spin_ns, int(timeout * 1e9))
@@ -326,6 +357,8 @@ class Channel:
                 self._eager = not slow
                 self._adapt(now - started, False)
                 return True
+            if words[self._peer_hang_up]:
+                self._check_peer(word, seen)
             if slow == _CROWDED_YIELDS:
                 self._spin_ns //= 2
                 break
@@ -338,6 +371,7 @@ class Channel:
         try:
             _fence()
             while words[word] == seen:
+                self._check_peer(word, seen)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     # A peer silent for the whole wait (an idle client): spin less before the
@@ -349,6 +383,28 @@ class Channel:
             words[flag] = 0
         self._adapt(time.perf_counter_ns() - started, True)
         return True
+
+    def _check_peer(self, word: int, seen: int) -> None:
+        """Raise ``ConnectionError`` if the peer hung up and word ``word`` is still ``seen``.
+
+        The peer hangs up after its last message, so the word is looked at again after the
+        flag: a message sent before hanging up is still read first."""
+        words = self._words
+        if words[self._peer_hang_up]:
+            _fence()
+            if words[word] == seen:
+                raise ConnectionError(self._gone_message)
+
+    def hang_up(self) -> None:
+        """Tell the peer this end is gone for good, waking it wherever it waits on this end."""
+        if self.closed:
+            return
+        words = self._words
+        words[self._my_hang_up] = 1
+        _fence()
+        # The peer sleeps on our messages, or on our acknowledgement of its chunk.
+        self._futex(self._out_word + _SEQ, _FUTEX_WAKE, 1 << 30)
+        self._futex(self._in_word + _ACK, _FUTEX_WAKE, 1 << 30)
 
     def _adapt(self, waited_ns: int, slept: bool) -> None:
         """Spin about twice as long as the peer usually takes, while that is short enough to pay.
@@ -471,6 +527,7 @@ class Channel:
         """Unmap the segment (and remove its name, if this end still has it)."""
         if self.closed:
             return
+        self.hang_up()
         self.closed = True
         self.unlink()
         self._words.release()

@@ -33,15 +33,19 @@ from rlmesh.protocol import shm
 from rlmesh.protocol.connection import Connection
 from rlmesh.protocol.messages import PROTOCOL_GENERATION
 from rlmesh.wire import codec
+from rlmesh.wire.arrays import array_from_wire
 
-pytestmark = pytest.mark.skipif(not shm.available(), reason="no futexes or /dev/shm on this platform")
+pytestmark = pytest.mark.skipif(not shm.available(), reason="shared memory needs x86-64 Linux with /dev/shm")
 
 ZOO = core_envs.space_zoo()
 
 
 def our_segments(pid: int | None = None) -> list[str]:
-    """Names in /dev/shm that rlmesh made (of process ``pid``, if given)."""
-    prefix = "rlmesh-" if pid is None else f"rlmesh-{pid}-"
+    """Names in /dev/shm that rlmesh made (of process ``pid`` of this pid namespace, if given)."""
+    if pid is None:
+        return [name for name in os.listdir("/dev/shm") if name.startswith("rlmesh-")]
+    namespace = os.readlink("/proc/self/ns/pid")
+    prefix = f"rlmesh-{namespace[namespace.find('[') + 1:-1]}-{pid}-"
     return [name for name in os.listdir("/dev/shm") if name.startswith(prefix)]
 
 
@@ -298,6 +302,87 @@ def test_a_server_stopped_mid_session_tells_the_shm_client(clients: Any) -> None
     assert our_segments(os.getpid()) == []
 
 
+def test_an_end_that_hangs_up_never_overwrites_a_message_still_being_read() -> None:
+    """The server's end hangs up right after a reply (its session was dropped): the client reads
+    that reply whole, and its next wait is told the server is gone instead of waiting on."""
+    server_end, offer = shm.create_segment(1 << 20)
+    client_end = shm.open_segment(offer)
+    assert client_end is not None
+    frame = np.full((128, 128, 3), 7, np.uint8)  # a frame of its own: a view into the segment
+    try:
+        client_end.send(codec.encode(["step", 1, "s", 0]))
+        assert server_end.wait(5.0)
+        server_end.receive(copy=True)
+        server_end.send(codec.encode(["ok", 1, [frame, 0.0, False, False, {}]]))
+        assert client_end.wait(5.0)
+        frames = client_end.receive()  # views of the segment, decoded below
+        server_end.close()  # hangs up
+        reply = codec.decode(frames, array_from_wire)
+        assert reply[0] == "ok" and np.array_equal(reply[2][0], frame), "the reply was overwritten"
+        client_end.send(codec.encode(["step", 2, "s", 0]))
+        started = time.monotonic()
+        with pytest.raises(ConnectionError, match="not attached"):
+            client_end.wait(10.0)
+        assert time.monotonic() - started < 1.0
+    finally:
+        client_end.close()
+        server_end.close()
+
+
+def test_a_chunked_request_to_a_dropped_session_fails_at_once(clients: Any) -> None:
+    """A request bigger than the segment waits for the server to take each piece: once the
+    session is gone, that wait ends with the reason, not never."""
+    server = EnvServer(core_envs.make("cartpole"), "tcp://127.0.0.1:0", session_timeout=0.3).start()
+    try:
+        env = clients(rlmesh.RemoteEnv, server.address, heartbeat_interval=None, request_timeout=5.0)
+        assert env.transport == "shm"
+        env.reset(seed=0)
+        time.sleep(1.0)  # silent past session_timeout: detached
+        started = time.monotonic()
+        with pytest.raises(ConnectionError, match="not attached"):
+            env.call("seed", b"x" * (4 << 20))  # 4 MiB: more than the 1 MiB segment
+        assert time.monotonic() - started < 1.0
+    finally:
+        server.shutdown()
+
+
+def test_a_chunked_request_to_a_frozen_server_keeps_the_request_timeout(spawn_server: Any, clients: Any) -> None:
+    server = spawn_server("cartpole")
+    env = clients(rlmesh.RemoteEnv, server.address, request_timeout=1.0)
+    assert env.transport == "shm"
+    env.reset(seed=0)
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="unusable"):
+            env.call("seed", b"x" * (4 << 20))
+        assert time.monotonic() - started < 3.0
+        with pytest.raises(ConnectionError, match="unusable"):  # half a message sits in the segment
+            env.step(0)
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+
+
+def test_the_sweep_of_dead_servers_segments_keeps_other_pid_namespaces(tmp_path: Path) -> None:
+    """A pid is only a process within its own pid namespace: a name from another container
+    sharing /dev/shm is not ours to judge, even if that pid is free here."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    namespace = os.readlink("/proc/self/ns/pid")
+    ours = f"rlmesh-{namespace[namespace.find('[') + 1:-1]}-{dead.pid}-{'a' * 32}"
+    theirs = f"rlmesh-1-{dead.pid}-{'b' * 32}"
+    for name in (ours, theirs):
+        Path("/dev/shm", name).write_bytes(b"")
+    try:
+        channel, _ = shm.create_segment(4096)  # sweeps first
+        channel.close()
+        assert not Path("/dev/shm", ours).exists(), "a dead server's segment of this namespace was kept"
+        assert Path("/dev/shm", theirs).exists(), "another namespace's segment was removed"
+    finally:
+        for name in (ours, theirs):
+            Path("/dev/shm", name).unlink(missing_ok=True)
+
+
 # --- hostile peers ---------------------------------------------------------------------------------
 
 def _poke(channel: shm.Channel, data: bytes, *, total: int | None = None, length: int | None = None) -> None:
@@ -343,6 +428,26 @@ def test_garbage_in_the_segment_gets_an_error_and_the_server_serves_on(spawn_ser
     status, _, error = codec.decode(channel.receive())
     assert (status, error["kind"]) == ("error", "protocol") and "inconsistent chunk" in error["message"]
     assert env.step(0)[0].shape == (4,)
+
+
+@pytest.mark.parametrize("capacity", [0, 8, 16, 4096 + 8])
+def test_a_segment_with_a_capacity_no_server_makes_is_refused(capacity: int) -> None:
+    """A hostile server's segment that declares a tiny or ragged data area: a clear
+    ProtocolError at once, not a struct.error or a request silently dropped later."""
+    server_end, offer = shm.create_segment(4096)
+    server_end.close()  # only its name and nonce are wanted
+    path = f"/dev/shm/{offer.name}"
+    size = 4096 + 2 * capacity
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, size)
+        os.pwrite(fd, b"RLMSHM01" + offer.nonce + struct.pack("<Q", capacity), 0)
+        lying = shm.SegmentOffer(offer.name, offer.nonce, size, offer.pid, offer.pidns)
+        with pytest.raises(ProtocolError, match=f"declares {capacity} bytes"):
+            shm.open_segment(lying)
+    finally:
+        os.close(fd)
+        os.unlink(path)
 
 
 @pytest.mark.parametrize("lie", ["chunk_too_long", "frame_count", "frame_lengths"])
