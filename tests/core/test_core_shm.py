@@ -495,6 +495,21 @@ def test_messages_bigger_than_the_segment_travel_in_chunks_both_ways() -> None:
         server_end.close()
 
 
+class FakeClock:
+    """The clock of shm's waits, moving 100 ns per reading and by whatever a yield is made to
+    cost: the waiting rules are judged on the yields a test scripts, never on what this
+    (possibly busy) machine's scheduler does meanwhile."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = 0
+        self.monotonic = time.monotonic
+        monkeypatch.setattr(shm, "time", self)
+
+    def perf_counter_ns(self) -> int:
+        self.now += 100
+        return self.now
+
+
 @pytest.mark.parametrize("slow_yields, crowded", [(1, False), (2, False), (1000, True)])
 def test_a_waiter_stops_spinning_only_when_yields_keep_giving_the_cpu_away(
         slow_yields: int, crowded: bool, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -504,12 +519,12 @@ def test_a_waiter_stops_spinning_only_when_yields_keep_giving_the_cpu_away(
     client_end = shm.open_segment(offer)
     assert client_end is not None
     yields = 0
+    clock = FakeClock(monkeypatch)
 
     def slow_then_quick_yield() -> None:
         nonlocal yields
         yields += 1
-        if yields <= slow_yields:
-            time.sleep(0.0002)  # another process ran on this CPU meanwhile
+        clock.now += 200_000 if yields <= slow_yields else 1_000  # slow: another process ran here
 
     monkeypatch.setattr(os, "sched_yield", slow_then_quick_yield)
     try:
@@ -530,12 +545,12 @@ def test_after_yields_that_gave_the_cpu_away_a_wait_yields_at_once(monkeypatch: 
     assert client_end is not None
     yields = 0
     slow = True
+    clock = FakeClock(monkeypatch)
 
     def counted_yield() -> None:
         nonlocal yields
         yields += 1
-        if slow:
-            time.sleep(0.0002)  # another process ran on this CPU meanwhile
+        clock.now += 200_000 if slow else 1_000  # slow: another process ran on this CPU meanwhile
 
     def yields_in_a_short_wait() -> int:
         nonlocal yields
