@@ -95,10 +95,13 @@ if sys.argv[1] == "shm":
     channel, offer = shm.create_segment(1 << 20)
     wire = offer.to_wire()
     print("READY", json.dumps({**wire, "nonce": wire["nonce"].hex()}), flush=True)
-    while True:
-        if channel.wait(shm.SLICE_S):
-            channel.unlink()  # mapped by both ends: nothing to leave behind in /dev/shm
-            channel.send(channel.receive(copy=True))
+    try:
+        while True:
+            if channel.wait(shm.SLICE_S):
+                channel.unlink()  # mapped by both ends: nothing to leave behind in /dev/shm
+                channel.send(channel.receive(copy=True))
+    except ConnectionError:  # the benchmark closed its end
+        pass
 else:
     socket = zmq.Context().socket(zmq.PAIR)
     print("READY", socket.bind_to_random_port("tcp://127.0.0.1"), flush=True)
