@@ -130,11 +130,16 @@ def _pid_namespace() -> str:
         return ""
 
 
-def _segment_prefix() -> str:
-    """Names of this process's segments: the pid namespace's inode and the pid, since a pid alone
-    names different processes in different containers that may share a ``/dev/shm``."""
+def _namespace_prefix() -> str:
+    """Names of segments made in this pid namespace: a pid alone names different processes in
+    different containers that may share a ``/dev/shm``, so names carry the namespace's inode."""
     namespace = _pid_namespace()
-    return f"{_PREFIX}{namespace[namespace.find('[') + 1:-1] or 0}-{os.getpid()}-"
+    return f"{_PREFIX}{namespace[namespace.find('[') + 1:-1] or 0}-"
+
+
+def _segment_prefix() -> str:
+    """Names of this process's segments."""
+    return f"{_namespace_prefix()}{os.getpid()}-"
 
 
 def local_pid() -> dict[str, Any]:
@@ -187,7 +192,7 @@ def _sweep_orphans() -> None:
     """Remove segments of this user whose server died before a client mapped them.
 
     Only names of this pid namespace: a pid of another one means another process."""
-    namespace = _segment_prefix().rsplit("-", 2)[0] + "-"
+    namespace = _namespace_prefix()
     try:
         names = [n for n in os.listdir(_SHM_ROOT) if n.startswith(namespace)]
     except OSError:
