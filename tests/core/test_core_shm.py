@@ -7,6 +7,7 @@ for every space kind and backend, segment hygiene on every kill path, and hostil
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -240,6 +241,63 @@ def test_the_segment_is_private_unguessable_and_gone_once_mapped(spawn_server: A
     env.reset(seed=0)  # the first request through the segment: the server removes its name
     assert env.transport == "shm"
     assert our_segments(pid) == []
+
+
+def _as_another_user(uid: int, address: str, segment: str) -> dict[str, Any]:
+    """What a process run as ``uid`` (a forked child: no interpreter files to read) gets: opening
+    ``/dev/shm/<segment>`` directly, and from a client of ``address``, its transport with "auto",
+    an observation, and the error of ``transport="shm"``."""
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        seen: dict[str, Any] = {}
+        signal.alarm(60)  # a hung child dies, and the test fails rather than hangs
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            try:
+                os.close(os.open(f"/dev/shm/{segment}", os.O_RDONLY))
+                seen["open"] = "opened"
+            except OSError as exc:
+                seen["open"] = type(exc).__name__
+            env = rnp.RemoteEnv(address)
+            seen["transport"], seen["obs_shape"] = env.transport, list(env.reset(seed=0)[0].shape)
+            env.close()
+            try:
+                rnp.RemoteEnv(address, transport="shm").close()
+                seen["shm"] = "connected"
+            except ConnectionError as exc:
+                seen["shm"] = str(exc)
+        except Exception as exc:  # reported to the test, which fails on it
+            seen["failed"] = repr(exc)
+        os.write(write, json.dumps(seen).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        seen = json.loads(pipe.read() or "{}")
+    os.waitpid(child, 0)
+    return seen
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running a client as another user needs root (CI runs as root)")
+def test_a_client_of_another_user_cannot_open_the_segment_and_falls_back_to_zmq(spawn_server: Any) -> None:
+    server = spawn_server("cartpole", factory=True, max_sessions=2)
+    socket, contract = hello_socket(server.address, "peek")  # a segment that stays named meanwhile
+    seen = _as_another_user(65534, server.address, contract["shm"]["name"])  # nobody
+    socket.send_multipart(codec.encode(["close", 2, "peek", None]))
+    socket.poll(2000)
+    socket.close()
+    assert seen, "the child process died without a report"
+    assert "failed" not in seen, seen["failed"]
+    assert seen["open"] == "PermissionError"  # the segment is the server user's alone (0600)
+    assert seen["transport"] == "zmq" and seen["obs_shape"] == [4]
+    assert "another user" in seen["shm"] and "transport='auto'" in seen["shm"], seen["shm"]
+    # Every declined segment is gone with its session.
+    deadline = time.monotonic() + 5
+    while our_segments(server.proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert our_segments(server.proc.pid) == []
 
 
 def _client_script(address: str) -> str:
