@@ -18,6 +18,9 @@ Cases (each prints steps/s per contender and the ratio to the case's reference):
   the same client on one server. Target: >= 0.8x the env steps/s (no collapse).
 - ``idle``: CPU share of a server and a client 100 ms after the client stops stepping, over
   three seconds. Target: < 1% each.
+- ``frames``: Atari-sized observations (84x84x4 uint8, what the usual Atari wrappers give) from
+  a cheap env, x8 through one server: the cost of moving big observations. Reference:
+  ``SyncVectorEnv`` in process; also Gymnasium ``AsyncVectorEnv`` x8 (shared memory). No target.
 - ``channel``: the floor of each transport, with no env and no codec work: round trips of one
   CartPole x32 step reply (already encoded) between this process and an echo process, over
   rlmesh's shared-memory channel and over a pyzmq PAIR socket on tcp loopback. No target.
@@ -61,8 +64,24 @@ server.serve()
 """
 
 
+class FrameEnv(gym.Env[Any, Any]):
+    """An env that only hands out Atari-sized frames (84x84 greyscale, 4 stacked), a fresh copy a step."""
+
+    def __init__(self) -> None:
+        self.observation_space = gym.spaces.Box(0, 255, (84, 84, 4), np.uint8)
+        self.action_space = gym.spaces.Discrete(4)
+        self.frame = np.random.default_rng(0).integers(0, 256, (84, 84, 4), dtype=np.uint8)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        return self.frame.copy(), {}
+
+    def step(self, action: int) -> Any:
+        return self.frame.copy(), 0.0, False, False, {}
+
+
 def make_vector(case: str, lanes: int) -> Any:
-    factory: Callable[[], Any] = BusyEnv if case == "busy32" else (lambda: gym.make("CartPole-v1"))
+    factories: dict[str, Callable[[], Any]] = {"busy32": BusyEnv, "frames": FrameEnv}
+    factory = factories.get(case, lambda: gym.make("CartPole-v1"))
     return gym.vector.SyncVectorEnv([factory for _ in range(lanes)])
 
 
@@ -267,6 +286,34 @@ def case_cartpole32(args: argparse.Namespace) -> bool:
         servers.close()
 
 
+def case_frames(args: argparse.Namespace) -> bool | None:
+    lanes = 8
+    servers = Servers("frames", [lanes])
+    asynchronous = gym.vector.AsyncVectorEnv([FrameEnv for _ in range(lanes)], shared_memory=True)
+    try:
+        local = make_vector("frames", lanes)
+        figures: dict[str, float] = {}
+        reference = "in-process SyncVectorEnv"
+        for transport in ("shm", "zmq"):  # one client at a time per server
+            remote = rnp.RemoteVectorEnv(servers.addresses[0], transport=transport)
+            name = f"RemoteVectorEnv, {'shared memory' if transport == 'shm' else 'zmq'}"
+            contenders = {reference: vector_stepper(local, lanes), name: vector_stepper(remote, lanes)}
+            if transport == "shm":
+                contenders["gymnasium AsyncVectorEnv x8 (shared memory)"] = vector_stepper(asynchronous, lanes)
+            got = rates(contenders, args.seconds, args.rounds)
+            figures.setdefault(reference, got[reference])
+            for contender, value in got.items():
+                figures.setdefault(contender, value * figures[reference] / got[reference])
+            remote.close()
+        megabytes = lanes * FrameEnv().frame.nbytes / 1e6
+        report(f"84x84x4 frames x{lanes}, one server ({megabytes:.2f} MB of observations a step)", reference,
+               figures, None)
+        return None  # no target: it shows what moving big observations costs
+    finally:
+        asynchronous.close()
+        servers.close()
+
+
 def case_busy32(args: argparse.Namespace) -> bool:
     contenders: dict[str, Callable[[int], int]] = {}
     closers: list[Callable[[], None]] = []
@@ -430,7 +477,7 @@ def case_channel(args: argparse.Namespace) -> bool | None:
 
 
 CASES = {"cartpole": case_cartpole, "cartpole32": case_cartpole32, "busy32": case_busy32,
-         "crowded": case_crowded, "idle": case_idle, "channel": case_channel}
+         "crowded": case_crowded, "idle": case_idle, "frames": case_frames, "channel": case_channel}
 
 
 def main() -> int:
