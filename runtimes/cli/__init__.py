@@ -27,6 +27,7 @@ import python_on_whales
 import python_on_whales.exceptions as whales_errors
 import python_on_whales.utils as whales_utils
 from python_on_whales.client_config import ClientNotFoundError
+from rlmesh_runtimes.exit_race import settled
 
 from rlmesh.errors import (
     ContainerError,
@@ -335,7 +336,7 @@ class CliDriver(RuntimeDriver):
 
     def _inspect(self, container_id: str) -> python_on_whales.Container:
         try:
-            return self._whales.container.inspect(container_id)
+            return settled(lambda: self._whales.container.inspect(container_id), container_id)
         except whales_errors.NoSuchContainer as exc:
             raise ContainerError(f"{self.engine} CLI: no container {container_id[:12]}: {_stderr(exc)}") from exc
 
