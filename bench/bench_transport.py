@@ -267,51 +267,50 @@ def case_cartpole(args: argparse.Namespace) -> bool:
         servers.close()
 
 
-def case_cartpole32(args: argparse.Namespace) -> bool:
-    servers = Servers("cartpole32", [32])
+def one_server(args: argparse.Namespace, case: str, lanes: int,
+               others: dict[str, Callable[[int], int]] | None = None) -> dict[str, float]:
+    """Steps/s of ``RemoteVectorEnv`` on one server of ``lanes`` lanes, over shm and over zmq, and
+    of ``others``, as the same ``in-process SyncVectorEnv`` would have seen them (each client in
+    rounds of its own with the reference: a server serves one client at a time)."""
+    reference = "in-process SyncVectorEnv"
+    servers = Servers(case, [lanes])
     try:
-        local = make_vector("cartpole32", 32)
+        local = make_vector(case, lanes)
         figures: dict[str, float] = {}
-        for transport in ("shm", "zmq"):  # one client at a time per server
-            remote = rnp.RemoteVectorEnv(servers.addresses[0], transport=transport)
-            name = f"RemoteVectorEnv, {'shared memory' if transport == 'shm' else 'zmq'}"
-            got = rates({"in-process SyncVectorEnv": vector_stepper(local, 32), name: vector_stepper(remote, 32)},
-                        args.seconds, args.rounds)
-            figures.setdefault("in-process SyncVectorEnv", got["in-process SyncVectorEnv"])
-            figures[name] = got[name] * figures["in-process SyncVectorEnv"] / got["in-process SyncVectorEnv"]
-            remote.close()
-        return report("CartPole x32, one server", "in-process SyncVectorEnv", figures,
-                      ("RemoteVectorEnv, shared memory", 0.8))
-    finally:
-        servers.close()
-
-
-def case_frames(args: argparse.Namespace) -> bool | None:
-    lanes = 8
-    servers = Servers("frames", [lanes])
-    asynchronous = gym.vector.AsyncVectorEnv([FrameEnv for _ in range(lanes)], shared_memory=True)
-    try:
-        local = make_vector("frames", lanes)
-        figures: dict[str, float] = {}
-        reference = "in-process SyncVectorEnv"
-        for transport in ("shm", "zmq"):  # one client at a time per server
+        for transport in ("shm", "zmq"):
             remote = rnp.RemoteVectorEnv(servers.addresses[0], transport=transport)
             name = f"RemoteVectorEnv, {'shared memory' if transport == 'shm' else 'zmq'}"
             contenders = {reference: vector_stepper(local, lanes), name: vector_stepper(remote, lanes)}
             if transport == "shm":
-                contenders["gymnasium AsyncVectorEnv x8 (shared memory)"] = vector_stepper(asynchronous, lanes)
+                contenders.update(others or {})
             got = rates(contenders, args.seconds, args.rounds)
             figures.setdefault(reference, got[reference])
             for contender, value in got.items():
                 figures.setdefault(contender, value * figures[reference] / got[reference])
             remote.close()
-        megabytes = lanes * FrameEnv().frame.nbytes / 1e6
-        report(f"84x84x4 frames x{lanes}, one server ({megabytes:.2f} MB of observations a step)", reference,
-               figures, None)
-        return None  # no target: it shows what moving big observations costs
+        return figures
+    finally:
+        servers.close()
+
+
+def case_cartpole32(args: argparse.Namespace) -> bool:
+    figures = one_server(args, "cartpole32", 32)
+    return report("CartPole x32, one server", "in-process SyncVectorEnv", figures,
+                  ("RemoteVectorEnv, shared memory", 0.8))
+
+
+def case_frames(args: argparse.Namespace) -> bool | None:
+    lanes = 8
+    asynchronous = gym.vector.AsyncVectorEnv([FrameEnv for _ in range(lanes)], shared_memory=True)
+    try:
+        figures = one_server(args, "frames", lanes, {
+            f"gymnasium AsyncVectorEnv x{lanes} (shared memory)": vector_stepper(asynchronous, lanes)})
     finally:
         asynchronous.close()
-        servers.close()
+    megabytes = lanes * FrameEnv().frame.nbytes / 1e6
+    report(f"84x84x4 frames x{lanes}, one server ({megabytes:.2f} MB of observations a step)",
+           "in-process SyncVectorEnv", figures, None)
+    return None  # no target: it shows what moving big observations costs
 
 
 def case_busy32(args: argparse.Namespace) -> bool:
