@@ -229,12 +229,34 @@ class Connection:
         self._request_id += 1
         self._pending_kind = kind
         frames = codec.encode([kind, self._request_id, self._session, payload])
-        if self._channel is not None:
+        channel = self._channel
+        if channel is not None:
             wait = self.request_timeout if timeout is None else timeout
-            self._channel.send(frames, alive=self._alive_until(None if wait is None else time.monotonic() + wait))
-        else:
-            self._send_frames(frames, timeout, connecting)
+            deadline = None if wait is None else time.monotonic() + wait
+            if channel.awaiting or channel.torn:
+                self._settle_channel(deadline, wait)
+            if self._channel is not None:
+                self._channel.send(frames, alive=self._alive_until(deadline))
+                return self._request_id
+        self._send_frames(frames, timeout, connecting)
         return self._request_id
+
+    def _settle_channel(self, deadline: float | None, wait: float | None) -> None:
+        """Before a request goes through the channel: requests and replies must alternate there.
+
+        The reply to an earlier request that was never read (a KeyboardInterrupt while waiting,
+        or a request a multi-endpoint gather gave up) is taken and dropped first; a new request
+        would overwrite the old one unread, or the reply would be written while being read. A
+        channel that a message was cut off in midway is left for zmq."""
+        channel = self._channel
+        assert channel is not None
+        if channel.awaiting and not channel.torn:
+            if not self._channel_wait(deadline):
+                self.mark_timed_out(wait or 0.0)
+                raise TimeoutError(self._broken)
+            channel.receive(alive=self._alive_until(deadline))
+        if channel.torn:
+            self._leave_channel()
 
     def _send_frames(self, frames: list[Any], timeout: float | None, connecting: bool) -> None:
         """Queue ``frames`` on the socket. zmq queues at once while it has a connection (or is
@@ -280,19 +302,45 @@ class Connection:
 
     def _channel_reply(self, request_id: int, deadline: float | None) -> tuple[bool, Any]:
         """Wait on the shared-memory channel: ``(True, payload)`` once the reply is in, or
-        ``(False, None)`` when ``deadline`` passes; the monitor is checked between slices."""
+        ``(False, None)`` when ``deadline`` passes."""
+        self._whole_channel()
+        while self._channel_wait(deadline):
+            done, value = self._reply_to(request_id, self._channel_frames(deadline))
+            if done:
+                return True, value
+        return False, None
+
+    def _channel_wait(self, deadline: float | None) -> bool:
+        """Wait until a message is in the channel (``True``) or ``deadline`` passes (``False``),
+        looking at the monitor between slices."""
         channel = self._channel
         assert channel is not None
         while True:
             left = shm.SLICE_S if deadline is None else min(shm.SLICE_S, deadline - time.monotonic())
             if left > 0 and channel.wait(left):
-                done, value = self._reply_to(request_id, self._channel_frames(deadline))
-                if done:
-                    return True, value
-                continue
+                return True
             self._check_monitor(False)
             if deadline is not None and time.monotonic() >= deadline:
-                return False, None
+                return False
+
+    def _whole_channel(self) -> shm.Channel:
+        """The channel, unless a reply was cut off in it midway: then the client goes over zmq and
+        the reply is lost."""
+        channel = self._channel
+        assert channel is not None
+        if channel.torn:
+            self._leave_channel()
+            raise ConnectionError(f"the reply from {self.address} was cut off midway in shared memory (the "
+                                  "wait for it was interrupted); send the request again")
+        return channel
+
+    def _leave_channel(self) -> None:
+        """Go over zmq from now on: the server's channel thread ends when this end hangs up."""
+        assert self._channel is not None
+        log.warning("a message to or from %s was cut off midway in shared memory (interrupted); "
+                    "this client goes over zmq from now on", self.address)
+        self._channel.close()
+        self._channel = None
 
     def _channel_frames(self, deadline: float | None = None) -> list[Any]:
         assert self._channel is not None
@@ -336,7 +384,8 @@ class Connection:
         else ``(False, None)``; an error reply raises its exception. ``block`` waits up to one
         receive slice (:data:`RECEIVE_SLICE_MS`) for each message instead of returning at once."""
         if self._channel is not None:
-            while self._channel.wait(RECEIVE_SLICE_MS / 1000 if block else 0.0, sleep=block):
+            channel = self._whole_channel()
+            while channel.wait(RECEIVE_SLICE_MS / 1000 if block else 0.0, sleep=block):
                 done, result = self._reply_to(request_id, self._channel_frames())
                 if done:
                     return True, result

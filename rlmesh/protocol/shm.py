@@ -312,6 +312,13 @@ class Channel:
         self._spin_ns = MAX_SPIN_NS // 2 if spin else 0
         #: Whether a wait starts with plain spinning: not after one whose yields gave the CPU away.
         self._eager = True
+        #: This end's last message is sent whole and no message of the peer was taken since: the
+        #: peer owes an answer. Set and cleared next to the store of the sequence word it follows,
+        #: with no call between, so that a KeyboardInterrupt cannot fall between the two.
+        self.awaiting = False
+        #: A message in pieces was cut off (an exception while it travelled): the peer holds or
+        #: sent half a message, and this channel cannot carry another one.
+        self.torn = False
         self.closed = False
 
     # --- waiting ------------------------------------------------------------------------------
@@ -324,11 +331,14 @@ class Channel:
         _syscall(_SYS_FUTEX, address, operation, ctypes.c_uint32(value), spec, None, 0)
 
     def _post(self, box: int, index: int, value: int) -> None:
-        words = self._words
-        words[box + index] = value
+        self._words[box + index] = value
+        self._wake(box + index)
+
+    def _wake(self, word: int) -> None:
+        """Wake the peer if it sleeps on ``word``, which was just stored."""
         _fence()
-        if words[box + index + _SLEEPS]:
-            self._futex(box + index, _FUTEX_WAKE, 1 << 30)
+        if self._words[word + _SLEEPS]:
+            self._futex(word, _FUTEX_WAKE, 1 << 30)
 
     def _wait(self, box: int, index: int, seen: int, timeout: float, sleep: bool = True) -> bool:
         """Wait up to ``timeout`` s for word ``index`` of mailbox ``box`` to move from ``seen``."""
@@ -443,6 +453,7 @@ class Channel:
                 self._sent = sent = (self._sent + 1) & _MASK
                 words, word = self._words, self._out_word
                 words[word] = sent  # what _post does, without its call on every step
+                self.awaiting = True
                 _FENCE_LOCK.acquire()
                 _FENCE_LOCK.release()
                 if words[word + _SLEEPS]:
@@ -463,19 +474,28 @@ class Channel:
             for part in views:
                 view[at:at + part.nbytes] = part
                 at += part.nbytes
-            self._sent = (self._sent + 1) & _MASK
-            self._post(box, _SEQ, self._sent)
+            self._sent = sent = (self._sent + 1) & _MASK
+            self._words[box + _SEQ] = sent
+            self.awaiting = True
+            self._wake(box + _SEQ)
             return
         message = b"".join([head, *views])
-        for offset in range(0, total, room):
-            chunk = message[offset:offset + room]
-            while offset and self._words[box + _ACK] != self._sent:  # the reader took the last chunk?
-                if not self._wait(box, _ACK, self._words[box + _ACK], SLICE_S) and alive is not None:
-                    alive()
-            _CHUNK_HEAD.pack_into(view, self._out_data, total, len(chunk))
-            view[start:start + len(chunk)] = chunk
-            self._sent = (self._sent + 1) & _MASK
-            self._post(box, _SEQ, self._sent)
+        self.awaiting = False
+        try:
+            for offset in range(0, total, room):
+                chunk = message[offset:offset + room]
+                while offset and self._words[box + _ACK] != self._sent:  # the reader took the last chunk?
+                    if not self._wait(box, _ACK, self._words[box + _ACK], SLICE_S) and alive is not None:
+                        alive()
+                _CHUNK_HEAD.pack_into(view, self._out_data, total, len(chunk))
+                view[start:start + len(chunk)] = chunk
+                self._sent = sent = (self._sent + 1) & _MASK
+                self._words[box + _SEQ] = sent
+                self.awaiting = offset + room >= total
+                self._wake(box + _SEQ)
+        except BaseException:
+            self.torn = not self.awaiting
+            raise
 
     def ready(self) -> bool:
         """Whether a message from the peer is waiting."""
@@ -494,6 +514,7 @@ class Channel:
         """
         box, view = self._in_word, self._view
         self._seen = (self._seen + 1) & _MASK
+        self.awaiting = False
         total, length, count, size = _SINGLE.unpack_from(view, self._in_data)
         if count == 1 and total == length == size + 12 and size <= self._single_room:
             at = self._in_data + _SINGLE.size
@@ -506,19 +527,23 @@ class Channel:
             # Gathered as it comes, never allocated up front: a peer announcing a huge message
             # must actually write it, as it would have to over a socket.
             parts, got = [bytes(view[start:start + length])], length
-            while True:
-                self._post(box, _ACK, self._seen)
-                if got == total:
-                    break
-                while not self._wait(box, _SEQ, self._seen, SLICE_S):
-                    if alive is not None:
-                        alive()
-                self._seen = (self._seen + 1) & _MASK
-                more, length = self._chunk()
-                if more != total or length > total - got:
-                    raise ProtocolError("the shared-memory peer sent an inconsistent chunk")
-                parts.append(bytes(view[start:start + length]))
-                got += length
+            try:
+                while True:
+                    self._post(box, _ACK, self._seen)
+                    if got == total:
+                        break
+                    while not self._wait(box, _SEQ, self._seen, SLICE_S):
+                        if alive is not None:
+                            alive()
+                    self._seen = (self._seen + 1) & _MASK
+                    more, length = self._chunk()
+                    if more != total or length > total - got:
+                        raise ProtocolError("the shared-memory peer sent an inconsistent chunk")
+                    parts.append(bytes(view[start:start + length]))
+                    got += length
+            except BaseException:
+                self.torn = got < total
+                raise
             data, copy = memoryview(b"".join(parts)), False
         return _split(data, copy)
 

@@ -168,6 +168,34 @@ def _explode_deep_inside() -> None:
     raise RuntimeError("the env blew up on purpose")
 
 
+class RecorderEnv(gym.Env[Any, int]):
+    """Says which actions it ran (``info["executed"]``): action 1 takes ``slow`` s, action 9 adds
+    ``big`` bytes to the info; ``load(data)`` is a call that takes any payload."""
+
+    def __init__(self, slow: float = 1.0, big: int = 3 << 20) -> None:
+        self.observation_space = spaces.Box(0, 1e9, (1,), np.float64)
+        self.action_space = spaces.Discrete(10)
+        self.slow, self.big = slow, big
+        self.executed: list[Any] = []
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        self.executed = []
+        return np.zeros(1), {}
+
+    def step(self, action: int) -> Any:
+        if int(action) == 1:
+            time.sleep(self.slow)
+        self.executed.append(int(action))
+        info: dict[str, Any] = {"executed": list(self.executed)}
+        if int(action) == 9:
+            info["big"] = b"x" * self.big
+        return np.array([len(self.executed)], np.float64), 0.0, False, False, info
+
+    def load(self, data: bytes) -> int:
+        self.executed.append(f"load {len(data)}")
+        return len(data)
+
+
 class BigObsEnv(gym.Env[Any, int]):
     """A float32 observation of ``nbytes`` bytes (1 MiB by default)."""
 
@@ -343,6 +371,8 @@ def make(name: str, **kwargs: Any) -> Any:
         return FaultyEnv()
     if name == "big_obs":
         return BigObsEnv(**kwargs)
+    if name == "recorder":
+        return RecorderEnv(**kwargs)
     if name == "image":
         return ImageEnv(**kwargs)
     if name == "unsendable_info":

@@ -698,6 +698,93 @@ def test_sigint_during_a_wait_interrupts_the_client(spawn_server: Any) -> None:
     child.wait(10)
 
 
+_INTERRUPTED_TWICE = """
+import json, os, signal, sys, threading
+import rlmesh.numpy as rnp
+env = rnp.RemoteEnv(sys.argv[1], transport=sys.argv[2])
+env.reset(seed=0)
+for action in (1, 2):  # step(1) takes 1 s; each wait is interrupted after 0.3 s, as by Ctrl-C
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+    try:
+        env.step(action)
+    except KeyboardInterrupt:
+        pass
+seen = {"3": env.step(3)[4]["executed"], "4": env.step(4)[4]["executed"], "transport": env.transport}
+env.close()
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("transport", ["shm", "zmq"])
+def test_interrupted_requests_run_at_most_once_and_later_replies_are_their_own(
+        transport: str, spawn_server: Any) -> None:
+    """Ctrl-C while a step is slow, and again while the next request waits its turn: each request
+    runs once or not at all (it was interrupted), and each reply answers its own request."""
+    server = spawn_server("recorder", env_kwargs={"slow": 1.0})
+    out = subprocess.run([sys.executable, "-c", _INTERRUPTED_TWICE, server.address, transport],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout)
+    # Over zmq the second request was queued before its interrupt; through the segment it waits
+    # for the first reply and is interrupted before it is sent. Never may 3 run twice.
+    assert seen["3"] in ([1, 3], [1, 2, 3]), seen
+    assert seen["4"] == [*seen["3"], 4]
+    assert seen["transport"] == transport  # an interrupted wait does not cost the fast path
+
+
+def _interrupt_next_wait(channel: shm.Channel) -> None:
+    """Raise KeyboardInterrupt from the channel's next wait, where a real Ctrl-C lands."""
+    real = channel._wait
+
+    def interrupted(*args: Any, **kwargs: Any) -> bool:
+        channel._wait = real  # type: ignore[method-assign]
+        raise KeyboardInterrupt
+
+    channel._wait = interrupted  # type: ignore[method-assign]
+
+
+def test_a_reply_cut_off_in_pieces_by_ctrl_c_leaves_the_client_working_over_zmq(
+        spawn_server: Any, clients: Any) -> None:
+    server = spawn_server("recorder")
+    env = clients(rnp.RemoteEnv, server.address)
+    env.reset(seed=0)
+    channel = env._connection._channel
+    real_receive = channel.receive
+
+    def receive(**kwargs: Any) -> list[Any]:  # the 3 MiB reply's first piece is in: cut it off there
+        channel.receive = real_receive
+        _interrupt_next_wait(channel)
+        return real_receive(**kwargs)
+
+    channel.receive = receive
+    with pytest.raises(KeyboardInterrupt):
+        env.step(9)
+    assert channel.torn
+    assert env.step(3)[4]["executed"] == [9, 3]  # its own reply, not the rest of the cut-off one
+    assert env.transport == "zmq"
+    assert env.step(4)[4]["executed"] == [9, 3, 4]
+    deadline = time.monotonic() + 5  # the server's channel thread ended with the hang-up
+    while our_segments(server.proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert our_segments(server.proc.pid) == []
+
+
+def test_a_request_cut_off_in_pieces_by_ctrl_c_never_runs_and_the_next_one_does(
+        spawn_server: Any, clients: Any) -> None:
+    server = spawn_server("recorder")
+    env = clients(rnp.RemoteEnv, server.address)
+    env.reset(seed=0)
+    channel = env._connection._channel
+    _interrupt_next_wait(channel)  # the wait for the server to take the first of 3 pieces
+    with pytest.raises(KeyboardInterrupt):
+        env.call("load", b"y" * (2 << 20))
+    assert channel.torn
+    assert env.step(3)[4]["executed"] == [3]
+    assert env.call("load", b"z" * (2 << 20)) == 2 << 20  # big requests still travel, over zmq
+    assert env.step(4)[4]["executed"] == [3, f"load {2 << 20}", 4]
+    assert env.transport == "zmq"
+
+
 # --- every client ------------------------------------------------------------------------------------
 
 def test_each_endpoint_of_a_multi_endpoint_env_has_a_channel_and_matches_zmq(
