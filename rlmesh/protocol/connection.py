@@ -178,7 +178,8 @@ class Connection:
             )
         offer = contract.pop("shm", None)
         if offer is not None:
-            self._channel = shm.open_segment(shm.SegmentOffer.from_wire(offer))
+            if "transports" in payload:  # a client kept on zmq stays there, offer or not
+                self._channel = shm.open_segment(shm.SegmentOffer.from_wire(offer))
             if self._channel is None:  # the server need not keep a thread waiting on the segment
                 try:
                     send_frames(self._socket, codec.encode([Request.DECLINE, 0, self._session, None]))

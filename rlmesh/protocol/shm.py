@@ -179,13 +179,17 @@ class SegmentOffer:
     @classmethod
     def from_wire(cls, data: Any) -> SegmentOffer:
         try:
-            offer = cls(str(data["name"]), bytes(data["nonce"]), int(data["size"]), int(data["pid"]),
-                        str(data["pidns"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ProtocolError(f"malformed shared-memory offer: {exc}") from exc
-        if not offer.name.startswith(_PREFIX) or "/" in offer.name or len(offer.nonce) != _NONCE:
+            name, nonce, size, pid, pidns = (data[key] for key in ("name", "nonce", "size", "pid", "pidns"))
+        except (KeyError, TypeError) as exc:
+            raise ProtocolError(f"malformed shared-memory offer: {exc!r} missing") from exc
+        # Exact types: converting what a peer sent (bytes(2**62), int(inf)) can itself blow up.
+        if not (type(name) is str and type(nonce) is bytes and type(size) is int and type(pid) is int
+                and type(pidns) is str):
+            raise ProtocolError("malformed shared-memory offer: a field of the wrong type")
+        if (not name.startswith(_PREFIX) or "/" in name or len(nonce) != _NONCE
+                or size < 3 * _PAGE or pid <= 0):  # a page of words, and at least a page each way
             raise ProtocolError("malformed shared-memory offer")
-        return offer
+        return cls(name, nonce, size, pid, pidns)
 
 
 def _sweep_orphans() -> None:

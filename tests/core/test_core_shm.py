@@ -488,6 +488,23 @@ def test_garbage_in_the_segment_gets_an_error_and_the_server_serves_on(spawn_ser
     assert env.step(0)[0].shape == (4,)
 
 
+_GOOD_OFFER = {"name": "rlmesh-1-2-ab", "nonce": b"n" * 16, "size": 3 * 4096, "pid": 2, "pidns": "pid:[1]"}
+
+
+@pytest.mark.parametrize("field, value", [
+    ("nonce", 2**62), ("nonce", "0" * 16), ("size", float("inf")), ("size", "12288"), ("size", 16),
+    ("pid", float("inf")), ("pid", 0), ("pidns", None), ("name", "rlmesh-../x"), ("name", "other"),
+    ("nonce", b"short"), ("size", True)])
+def test_a_malformed_offer_is_a_protocol_error(field: str, value: Any) -> None:
+    """Whatever a hostile server puts in its offer: a ProtocolError, never a MemoryError from
+    ``bytes(2**62)``, an OverflowError, or a struct.error reading a segment too small."""
+    assert shm.SegmentOffer.from_wire(_GOOD_OFFER).size == 3 * 4096
+    with pytest.raises(ProtocolError, match="malformed shared-memory offer"):
+        shm.SegmentOffer.from_wire({**_GOOD_OFFER, field: value})
+    with pytest.raises(ProtocolError, match="malformed shared-memory offer"):
+        shm.SegmentOffer.from_wire({key: v for key, v in _GOOD_OFFER.items() if key != field})
+
+
 @pytest.mark.parametrize("capacity", [0, 8, 16, 4096 + 8])
 def test_a_segment_with_a_capacity_no_server_makes_is_refused(capacity: int) -> None:
     """A hostile server's segment that declares a tiny or ragged data area: a clear
