@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -42,21 +43,38 @@ class SessionChannel:
         self.lock = threading.Lock()
         self._handle, self._refuse = handle, refuse
         self._stopped = False  # a plain flag: the loop reads it on every request
+        self._guard = threading.Lock()  # orders stop() against the start and end of an answer
+        self._answering = False
+        self._then: Callable[[], None] | None = None
         self._thread = threading.Thread(target=self._run, name=f"rlmesh-shm-{session[:8]}", daemon=True)
 
     def start(self) -> SessionChannel:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """End the thread after the request it is answering, if any (waits up to ``timeout``)."""
-        self._stopped = True
-        if self.closing or threading.current_thread() is self._thread or not self._thread.is_alive():
+    def stop(self, then: Callable[[], None] | None = None) -> None:
+        """Answer no more requests. ``then`` (releasing the session) runs once no request is under
+        way: at once when the thread is idle (which then ends within a slice of its wait), else on
+        the thread after the answer it is giving, without waiting for it here."""
+        with self._guard:
+            self._stopped = True
+            answering = self._answering
+            if answering and then is not None:
+                self._then, then = then, None
+        if not answering and threading.current_thread() is not self._thread:
+            # Idle, it ends within a slice of its wait, and its segment with it; it answers nothing more.
+            self._thread.join(2 * SLICE_S)
+        if then is not None:
+            then()
+
+    def join(self, deadline: float) -> None:
+        """Wait until the thread has ended (after :meth:`stop`), up to ``time.monotonic()`` ``deadline``."""
+        if self.closing or threading.current_thread() is self._thread:
             return
-        self._thread.join(timeout)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
-            log.warning("the shared-memory channel of client %s is still answering a request after "
-                        "%.0f s; detaching it anyway", self.session[:8], timeout)
+            log.warning("the shared-memory channel of client %s is still answering a request; "
+                        "going on without it", self.session[:8])
 
     def _running(self) -> None:
         """Called while a chunked message waits on the peer: give up once stopped."""
@@ -67,19 +85,17 @@ class SessionChannel:
         channel = self.channel
         try:
             while not self._stopped:
-                if not channel.wait(SLICE_S) or self._stopped:  # detached meanwhile: answer no more
+                if not channel.wait(SLICE_S):
                     continue
-                if channel.path is not None:
-                    channel.unlink()  # both ends have mapped it: nothing is left to find in /dev/shm
+                with self._guard:
+                    if self._stopped:  # detached meanwhile: answer no more
+                        return
+                    self._answering = True
                 try:
-                    frames = channel.receive(copy=True, alive=self._running)
-                except ProtocolError as exc:  # garbage in the segment: answer it, as for a bad frame
-                    channel.send(self._refuse(exc), alive=self._running)
-                    continue
-                reply, last = self._handle(frames)
-                channel.send(reply, alive=self._running)
-                if last:
-                    return
+                    if self._answer():
+                        return
+                finally:
+                    self._answered()
         except _Stopped:  # stopped while a chunked message was under way
             pass
         except ConnectionError:  # the client hung up
@@ -88,3 +104,28 @@ class SessionChannel:
             log.exception("the shared-memory channel of client %s failed", self.session[:8])
         finally:
             channel.close()  # hangs up first: a client still waiting is told, not left waiting
+
+    def _answer(self) -> bool:
+        """Answer the request in the channel; ``True`` if it was the session's last."""
+        channel = self.channel
+        if channel.path is not None:
+            channel.unlink()  # both ends have mapped it: nothing is left to find in /dev/shm
+        try:
+            frames = channel.receive(copy=True, alive=self._running)
+        except ProtocolError as exc:  # garbage in the segment: answer it, as for a bad frame
+            channel.send(self._refuse(exc), alive=self._running)
+            return False
+        reply, last = self._handle(frames)
+        channel.send(reply, alive=self._running)
+        return last
+
+    def _answered(self) -> None:
+        """After an answer: release the session if it was detached meanwhile (see :meth:`stop`)."""
+        with self._guard:
+            self._answering = False
+            then, self._then = self._then, None
+        if then is not None:
+            try:
+                then()
+            except Exception:
+                log.exception("releasing client %s failed", self.session[:8])

@@ -50,6 +50,8 @@ __all__ = ["DEFAULT_BUSY_POLL", "Endpoint", "ErrorReply"]
 log = logging.getLogger(__name__)
 
 _POLL_MS = 250
+#: How long a stopping server waits for its channel threads to finish the requests under way.
+_CHANNEL_GRACE_S = 10.0
 _NOBLOCK = int(zmq.NOBLOCK)
 #: Default ``busy_poll`` window (seconds), long enough for a client that steps in a loop.
 DEFAULT_BUSY_POLL = 0.0005
@@ -316,8 +318,12 @@ class Endpoint:
         if self._closed:
             return
         self._closed = True
-        for channel in list(self._channels.values()):
+        channels = list(self._channels.values())
+        for channel in channels:  # all at once: each may be finishing a slow step
             channel.stop()
+        deadline = time.monotonic() + _CHANNEL_GRACE_S
+        for channel in channels:
+            channel.join(deadline)
         if self._workers is not None:
             self._workers.close()
         self._close_socket()
@@ -417,13 +423,14 @@ class Endpoint:
     def _drop(self, session: str) -> None:
         if not self._sessions.detach(session):
             return
+        # A session's worker releases it after its last reply; without workers, that is done here.
+        release = functools.partial(self._workers.stop if self._workers is not None else self._detached,
+                                    session)
         channel = self._channels.pop(session, None)
-        if channel is not None:  # its thread answers nothing more (it finishes a request under way)
-            channel.stop()
-        if self._workers is not None:
-            self._workers.stop(session)  # its worker detaches it after its last reply
-        else:
-            self._detached(session)
+        if channel is None:
+            release()
+        else:  # a request under way on its thread is answered first, and the session released after it
+            channel.stop(then=release)
 
     def _handle(self, frames: list[zmq.Frame]) -> None:
         if len(frames) < 2:

@@ -802,6 +802,37 @@ def test_a_request_cut_off_in_pieces_by_ctrl_c_never_runs_and_the_next_one_does(
     assert env.transport == "zmq"
 
 
+def test_a_session_dropped_mid_step_keeps_the_server_serving_and_its_env_until_the_step_ends(
+        spawn_server: Any, clients: Any) -> None:
+    """A client silent past session_timeout while its step runs on the channel thread: the
+    server detaches it at once and serves others meanwhile; the step ends and is answered, and
+    only then is its env released (not closed under the running step)."""
+    server = spawn_server("recorder", factory=True, max_sessions=2, session_timeout=0.5,
+                          env_kwargs={"slow": 3.0})
+    silent = clients(rnp.RemoteEnv, server.address, heartbeat_interval=None)
+    silent.reset(seed=0)
+    result: dict[str, Any] = {}
+
+    def slow_step() -> None:
+        try:
+            result["executed"] = silent.step(1)[4]["executed"]
+        except Exception as exc:
+            result["error"] = exc
+
+    stepping = threading.Thread(target=slow_step)
+    stepping.start()
+    time.sleep(1.2)  # the session is dropped by now (0.5 s silent, housekeeping every 0.25 s)
+    started = time.monotonic()
+    other = clients(rnp.RemoteEnv, server.address)
+    other.reset(seed=0)
+    assert time.monotonic() - started < 1.0, "the server stopped serving while a dropped session's step ran"
+    assert other.step(0)[4]["executed"] == [0]
+    stepping.join(10)
+    assert result == {"executed": [1]}  # answered whole, by an env that was still open
+    with pytest.raises(ConnectionError, match="not attached"):
+        silent.step(0)
+
+
 # --- every client ------------------------------------------------------------------------------------
 
 def test_each_endpoint_of_a_multi_endpoint_env_has_a_channel_and_matches_zmq(
