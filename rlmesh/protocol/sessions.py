@@ -38,6 +38,9 @@ class Sessions:
         self._attached_at: dict[str, float] = {}
         self._proven: set[str] = set()
         self.last_activity = time.monotonic()
+        # Channel threads touch their sessions while the serving thread detaches them: a touch
+        # that checked before a detach and wrote after it would bring the session back.
+        self._lock = threading.Lock()
 
     def __contains__(self, token: object) -> bool:
         return token in self._seen
@@ -51,18 +54,20 @@ class Sessions:
 
     def touch(self, token: str, *, completed: bool = False) -> None:
         """Note that ``token`` was heard from (``completed``: a request of it was answered)."""
-        if token in self._seen:
-            self._seen[token] = self.last_activity = time.monotonic()
-            if completed:
-                self._proven.add(token)
+        with self._lock:
+            if token in self._seen:
+                self._seen[token] = self.last_activity = time.monotonic()
+                if completed:
+                    self._proven.add(token)
 
     def detach(self, token: str) -> bool:
         """Forget ``token``; ``False`` if it was not attached."""
-        if self._seen.pop(token, None) is None:
-            return False
-        self._attached_at.pop(token, None)
-        self._proven.discard(token)
-        self.last_activity = time.monotonic()
+        with self._lock:
+            if self._seen.pop(token, None) is None:
+                return False
+            self._attached_at.pop(token, None)
+            self._proven.discard(token)
+            self.last_activity = time.monotonic()
         return True
 
     def silent_for(self, seconds: float) -> list[str]:
