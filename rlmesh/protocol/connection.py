@@ -501,6 +501,12 @@ class Connection:
         if self._closed:
             return
         if notify and not self._broken:
+            channel = self._channel
+            if channel is not None and (channel.awaiting or channel.torn):
+                # A reply is still owed (an interrupted request): say goodbye over zmq instead of
+                # waiting for it. The server releases the session once that request is answered.
+                channel.close()
+                self._channel = None
             try:
                 self.request(Request.CLOSE, timeout=1.0)
             except Exception:  # the server may be gone already; closing must still succeed

@@ -202,6 +202,9 @@ class Endpoint:
             if max_sessions > 1 else None
         #: Sessions that were offered a shared-memory channel, and its serving thread.
         self._channels: dict[str, SessionChannel] = {}
+        # With one session slot, the next client gets what the last one used (the env) while a
+        # request of the last one may still be finishing on its channel thread: one at a time.
+        self._one_at_a_time = threading.Lock() if max_sessions == 1 else None
         self._stop = threading.Event()
         self._signalled = False
         self._thread: threading.Thread | None = None
@@ -509,11 +512,15 @@ class Endpoint:
         return self._answer_one(session, kind, payload)
 
     def _answer_one(self, session: str, kind: str, payload: Any) -> Any:
-        """:meth:`_answer`, one request of a session at a time even if it also has a channel."""
-        channel = self._channels.get(session)
-        if channel is None:
-            return self._answer(session, kind, payload)
-        with channel.lock:
+        """:meth:`_answer`, one request of a session at a time even if it also has a channel
+        (and one at a time in all with a single session slot)."""
+        lock = self._one_at_a_time
+        if lock is None:
+            channel = self._channels.get(session)
+            if channel is None:
+                return self._answer(session, kind, payload)
+            lock = channel.lock
+        with lock:
             return self._answer(session, kind, payload)
 
     def _hello(self, session: Any, payload: Any) -> Any:

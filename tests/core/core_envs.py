@@ -170,22 +170,30 @@ def _explode_deep_inside() -> None:
 
 class RecorderEnv(gym.Env[Any, int]):
     """Says which actions it ran (``info["executed"]``): action 1 takes ``slow`` s, action 9 adds
-    ``big`` bytes to the info; ``load(data)`` is a call that takes any payload."""
+    ``big`` bytes to the info; ``load(data)`` is a call that takes any payload. Two steps at
+    once raise."""
 
     def __init__(self, slow: float = 1.0, big: int = 3 << 20) -> None:
         self.observation_space = spaces.Box(0, 1e9, (1,), np.float64)
         self.action_space = spaces.Discrete(10)
         self.slow, self.big = slow, big
         self.executed: list[Any] = []
+        self.stepping = False
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
         self.executed = []
         return np.zeros(1), {}
 
     def step(self, action: int) -> Any:
-        if int(action) == 1:
-            time.sleep(self.slow)
-        self.executed.append(int(action))
+        if self.stepping:
+            raise RuntimeError("step() called while another step() was running")
+        self.stepping = True
+        try:
+            if int(action) == 1:
+                time.sleep(self.slow)
+            self.executed.append(int(action))
+        finally:
+            self.stepping = False
         info: dict[str, Any] = {"executed": list(self.executed)}
         if int(action) == 9:
             info["big"] = b"x" * self.big

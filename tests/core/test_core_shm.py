@@ -749,6 +749,41 @@ def test_interrupted_requests_run_at_most_once_and_later_replies_are_their_own(
     assert seen["transport"] == transport  # an interrupted wait does not cost the fast path
 
 
+_INTERRUPTED_THEN_CLOSED = """
+import json, os, signal, sys, threading, time
+import rlmesh.numpy as rnp
+env = rnp.RemoteEnv(sys.argv[1], transport=sys.argv[2])
+env.reset(seed=0)
+threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+    env.step(1)  # 1.5 s
+except KeyboardInterrupt:
+    pass
+started = time.monotonic()
+env.close()
+closed = time.monotonic() - started
+nxt = rnp.RemoteEnv(sys.argv[1], transport=sys.argv[2])  # the one slot is free again
+nxt.reset(seed=0)
+print(json.dumps({"close_s": closed, "executed": nxt.step(0)[4]["executed"]}))
+nxt.close()
+"""
+
+
+@pytest.mark.parametrize("transport", ["shm", "zmq"])
+def test_closing_after_an_interrupted_step_frees_the_server_and_the_env_steps_one_at_a_time(
+        transport: str, spawn_server: Any) -> None:
+    """Ctrl-C during a slow step, then close(): the server takes the next client while that step
+    may still run; the next client's requests wait for it (the env never steps twice at once)."""
+    server = spawn_server("recorder", env_kwargs={"slow": 1.5})
+    out = subprocess.run([sys.executable, "-c", _INTERRUPTED_THEN_CLOSED, server.address, transport],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout)
+    assert seen["executed"] == [0], seen
+    if transport == "shm":  # no reply to wait for: the goodbye goes over zmq at once
+        assert seen["close_s"] < 0.5, seen
+
+
 def _interrupt_next_wait(channel: shm.Channel) -> None:
     """Raise KeyboardInterrupt from the channel's next wait, where a real Ctrl-C lands."""
     real = channel._wait
