@@ -67,6 +67,11 @@ class SessionChannel:
         if then is not None:
             then()
 
+    @property
+    def running(self) -> bool:
+        """Whether the thread has not ended yet."""
+        return self._thread.is_alive()
+
     def join(self, deadline: float) -> None:
         """Wait until the thread has ended (after :meth:`stop`), up to ``time.monotonic()`` ``deadline``."""
         if self.closing or threading.current_thread() is self._thread:
@@ -92,7 +97,16 @@ class SessionChannel:
                         return
                     self._answering = True
                 try:
-                    if self._answer():
+                    if channel.path is not None:
+                        channel.unlink()  # both ends have mapped it: nothing is left to find in /dev/shm
+                    try:
+                        frames = channel.receive(copy=True, alive=self._running)
+                    except ProtocolError as exc:  # garbage in the segment: answer it, as for a bad frame
+                        channel.send(self._refuse(exc), alive=self._running)
+                        continue
+                    reply, last = self._handle(frames)
+                    channel.send(reply, alive=self._running)
+                    if last:
                         return
                 finally:
                     self._answered()
@@ -104,20 +118,6 @@ class SessionChannel:
             log.exception("the shared-memory channel of client %s failed", self.session[:8])
         finally:
             channel.close()  # hangs up first: a client still waiting is told, not left waiting
-
-    def _answer(self) -> bool:
-        """Answer the request in the channel; ``True`` if it was the session's last."""
-        channel = self.channel
-        if channel.path is not None:
-            channel.unlink()  # both ends have mapped it: nothing is left to find in /dev/shm
-        try:
-            frames = channel.receive(copy=True, alive=self._running)
-        except ProtocolError as exc:  # garbage in the segment: answer it, as for a bad frame
-            channel.send(self._refuse(exc), alive=self._running)
-            return False
-        reply, last = self._handle(frames)
-        channel.send(reply, alive=self._running)
-        return last
 
     def _answered(self) -> None:
         """After an answer: release the session if it was detached meanwhile (see :meth:`stop`)."""

@@ -304,7 +304,10 @@ class Connection:
     def _channel_reply(self, request_id: int, deadline: float | None) -> tuple[bool, Any]:
         """Wait on the shared-memory channel: ``(True, payload)`` once the reply is in, or
         ``(False, None)`` when ``deadline`` passes."""
-        self._whole_channel()
+        channel = self._channel
+        assert channel is not None
+        if channel.torn:
+            self._whole_channel()
         while self._channel_wait(deadline):
             done, value = self._reply_to(request_id, self._channel_frames(deadline))
             if done:

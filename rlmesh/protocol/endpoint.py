@@ -202,6 +202,8 @@ class Endpoint:
             if max_sessions > 1 else None
         #: Sessions that were offered a shared-memory channel, and its serving thread.
         self._channels: dict[str, SessionChannel] = {}
+        #: Channels of dropped sessions that may still be answering: a stopping server waits for them.
+        self._finishing: list[SessionChannel] = []
         # With one session slot, the next client gets what the last one used (the env) while a
         # request of the last one may still be finishing on its channel thread: one at a time.
         self._one_at_a_time = threading.Lock() if max_sessions == 1 else None
@@ -321,7 +323,7 @@ class Endpoint:
         if self._closed:
             return
         self._closed = True
-        channels = list(self._channels.values())
+        channels = [*self._channels.values(), *self._finishing]
         for channel in channels:  # all at once: each may be finishing a slow step
             channel.stop()
         deadline = time.monotonic() + _CHANNEL_GRACE_S
@@ -434,6 +436,7 @@ class Endpoint:
             release()
         else:  # a request under way on its thread is answered first, and the session released after it
             channel.stop(then=release)
+            self._finishing = [*(c for c in self._finishing if c.running), channel]
 
     def _handle(self, frames: list[zmq.Frame]) -> None:
         if len(frames) < 2:

@@ -485,21 +485,18 @@ class Channel:
             return
         message = b"".join([head, *views])
         self.awaiting = False
-        try:
-            for offset in range(0, total, room):
-                chunk = message[offset:offset + room]
-                while offset and self._words[box + _ACK] != self._sent:  # the reader took the last chunk?
-                    if not self._wait(box, _ACK, self._words[box + _ACK], SLICE_S) and alive is not None:
-                        alive()
-                _CHUNK_HEAD.pack_into(view, self._out_data, total, len(chunk))
-                view[start:start + len(chunk)] = chunk
-                self._sent = sent = (self._sent + 1) & _MASK
-                self._words[box + _SEQ] = sent
-                self.awaiting = offset + room >= total
-                self._wake(box + _SEQ)
-        except BaseException:
-            self.torn = not self.awaiting
-            raise
+        for offset in range(0, total, room):
+            chunk = message[offset:offset + room]
+            while offset and self._words[box + _ACK] != self._sent:  # the reader took the last chunk?
+                if not self._wait(box, _ACK, self._words[box + _ACK], SLICE_S) and alive is not None:
+                    alive()
+            _CHUNK_HEAD.pack_into(view, self._out_data, total, len(chunk))
+            view[start:start + len(chunk)] = chunk
+            self._sent = sent = (self._sent + 1) & _MASK
+            self._words[box + _SEQ] = sent
+            whole = offset + room >= total  # from the first piece out to the last, the message is torn
+            self.awaiting, self.torn = whole, not whole
+            self._wake(box + _SEQ)
 
     def ready(self) -> bool:
         """Whether a message from the peer is waiting."""
@@ -518,36 +515,37 @@ class Channel:
         """
         box, view = self._in_word, self._view
         self._seen = (self._seen + 1) & _MASK
-        self.awaiting = False
+        # Torn until the message is taken whole: cut off before that, its pieces would be left
+        # unacknowledged for a peer that waits for them.
+        self.awaiting, self.torn = False, True
         total, length, count, size = _SINGLE.unpack_from(view, self._in_data)
         if count == 1 and total == length == size + 12 and size <= self._single_room:
             at = self._in_data + _SINGLE.size
+            self.torn = False
             return [self._memory[at:at + size]]  # one frame: the codec header, as bytes
         total, length = self._chunk()
         start = self._in_data + _CHUNK_HEAD.size
         if length == total:
             data: memoryview = view[start:start + total]
+            self.torn = False
         else:
             # Gathered as it comes, never allocated up front: a peer announcing a huge message
             # must actually write it, as it would have to over a socket.
             parts, got = [bytes(view[start:start + length])], length
-            try:
-                while True:
-                    self._post(box, _ACK, self._seen)
-                    if got == total:
-                        break
-                    while not self._wait(box, _SEQ, self._seen, SLICE_S):
-                        if alive is not None:
-                            alive()
-                    self._seen = (self._seen + 1) & _MASK
-                    more, length = self._chunk()
-                    if more != total or length > total - got:
-                        raise ProtocolError("the shared-memory peer sent an inconsistent chunk")
-                    parts.append(bytes(view[start:start + length]))
-                    got += length
-            except BaseException:
-                self.torn = got < total
-                raise
+            while True:
+                self._post(box, _ACK, self._seen)
+                if got == total:
+                    break
+                while not self._wait(box, _SEQ, self._seen, SLICE_S):
+                    if alive is not None:
+                        alive()
+                self._seen = (self._seen + 1) & _MASK
+                more, length = self._chunk()
+                if more != total or length > total - got:
+                    raise ProtocolError("the shared-memory peer sent an inconsistent chunk")
+                parts.append(bytes(view[start:start + length]))
+                got += length
+            self.torn = False
             data, copy = memoryview(b"".join(parts)), False
         return _split(data, copy)
 

@@ -795,20 +795,30 @@ def _interrupt_next_wait(channel: shm.Channel) -> None:
     channel._wait = interrupted  # type: ignore[method-assign]
 
 
+@pytest.mark.parametrize("where", ["taking the first piece", "waiting for the next piece"])
 def test_a_reply_cut_off_in_pieces_by_ctrl_c_leaves_the_client_working_over_zmq(
-        spawn_server: Any, clients: Any) -> None:
+        where: str, spawn_server: Any, clients: Any) -> None:
     server = spawn_server("recorder")
     env = clients(rnp.RemoteEnv, server.address)
     env.reset(seed=0)
     channel = env._connection._channel
-    real_receive = channel.receive
+    if where == "taking the first piece":  # the 3 MiB reply's first piece is counted, not yet read
+        real_chunk = channel._chunk
 
-    def receive(**kwargs: Any) -> list[Any]:  # the 3 MiB reply's first piece is in: cut it off there
-        channel.receive = real_receive
-        _interrupt_next_wait(channel)
-        return real_receive(**kwargs)
+        def chunk() -> tuple[int, int]:
+            channel._chunk = real_chunk  # type: ignore[method-assign]
+            raise KeyboardInterrupt
 
-    channel.receive = receive
+        channel._chunk = chunk  # type: ignore[method-assign]
+    else:
+        real_receive = channel.receive
+
+        def receive(**kwargs: Any) -> list[Any]:  # the first piece is in: cut off the wait for more
+            channel.receive = real_receive
+            _interrupt_next_wait(channel)
+            return real_receive(**kwargs)
+
+        channel.receive = receive
     with pytest.raises(KeyboardInterrupt):
         env.step(9)
     assert channel.torn
@@ -866,6 +876,30 @@ def test_a_session_dropped_mid_step_keeps_the_server_serving_and_its_env_until_t
     assert result == {"executed": [1]}  # answered whole, by an env that was still open
     with pytest.raises(ConnectionError, match="not attached"):
         silent.step(0)
+
+
+def test_a_stopping_server_waits_for_a_dropped_sessions_step_before_closing_its_env(
+        spawn_server: Any, clients: Any) -> None:
+    server = spawn_server("recorder", session_timeout=0.5, env_kwargs={"slow": 2.5})
+    silent = clients(rnp.RemoteEnv, server.address, heartbeat_interval=None)
+    silent.reset(seed=0)
+    result: dict[str, Any] = {}
+
+    def slow_step() -> None:
+        try:
+            result["executed"] = silent.step(1)[4]["executed"]
+        except Exception as exc:
+            result["error"] = exc
+
+    stepping = threading.Thread(target=slow_step)
+    started = time.monotonic()
+    stepping.start()
+    time.sleep(1.2)  # dropped by now; its step runs on to 2.5 s
+    server.proc.send_signal(signal.SIGTERM)
+    server.proc.wait(20)
+    stepping.join(10)
+    assert result == {"executed": [1]}, result  # answered, not cut off by the server's exit
+    assert time.monotonic() - started >= 2.4
 
 
 # --- every client ------------------------------------------------------------------------------------
