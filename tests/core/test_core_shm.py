@@ -847,14 +847,10 @@ def test_a_request_cut_off_in_pieces_by_ctrl_c_never_runs_and_the_next_one_does(
     assert env.transport == "zmq"
 
 
-def test_a_session_dropped_mid_step_keeps_the_server_serving_and_its_env_until_the_step_ends(
-        spawn_server: Any, clients: Any) -> None:
-    """A client silent past session_timeout while its step runs on the channel thread: the
-    server detaches it at once and serves others meanwhile; the step ends and is answered, and
-    only then is its env released (not closed under the running step)."""
-    server = spawn_server("recorder", factory=True, max_sessions=2, session_timeout=0.5,
-                          env_kwargs={"slow": 3.0})
-    silent = clients(rnp.RemoteEnv, server.address, heartbeat_interval=None)
+def _slow_step_of_a_silent_client(address: str, clients: Any) -> tuple[Any, threading.Thread, dict[str, Any]]:
+    """A client without heartbeats, a thread (not started) stepping the recorder's slow action
+    with it, and what that step gives: ``{"executed": ...}`` or ``{"error": ...}``."""
+    silent = clients(rnp.RemoteEnv, address, heartbeat_interval=None)
     silent.reset(seed=0)
     result: dict[str, Any] = {}
 
@@ -864,7 +860,17 @@ def test_a_session_dropped_mid_step_keeps_the_server_serving_and_its_env_until_t
         except Exception as exc:
             result["error"] = exc
 
-    stepping = threading.Thread(target=slow_step)
+    return silent, threading.Thread(target=slow_step), result
+
+
+def test_a_session_dropped_mid_step_keeps_the_server_serving_and_its_env_until_the_step_ends(
+        spawn_server: Any, clients: Any) -> None:
+    """A client silent past session_timeout while its step runs on the channel thread: the
+    server detaches it at once and serves others meanwhile; the step ends and is answered, and
+    only then is its env released (not closed under the running step)."""
+    server = spawn_server("recorder", factory=True, max_sessions=2, session_timeout=0.5,
+                          env_kwargs={"slow": 3.0})
+    silent, stepping, result = _slow_step_of_a_silent_client(server.address, clients)
     stepping.start()
     time.sleep(1.2)  # the session is dropped by now (0.5 s silent, housekeeping every 0.25 s)
     started = time.monotonic()
@@ -881,17 +887,7 @@ def test_a_session_dropped_mid_step_keeps_the_server_serving_and_its_env_until_t
 def test_a_stopping_server_waits_for_a_dropped_sessions_step_before_closing_its_env(
         spawn_server: Any, clients: Any) -> None:
     server = spawn_server("recorder", session_timeout=0.5, env_kwargs={"slow": 2.5})
-    silent = clients(rnp.RemoteEnv, server.address, heartbeat_interval=None)
-    silent.reset(seed=0)
-    result: dict[str, Any] = {}
-
-    def slow_step() -> None:
-        try:
-            result["executed"] = silent.step(1)[4]["executed"]
-        except Exception as exc:
-            result["error"] = exc
-
-    stepping = threading.Thread(target=slow_step)
+    _, stepping, result = _slow_step_of_a_silent_client(server.address, clients)
     started = time.monotonic()
     stepping.start()
     time.sleep(1.2)  # dropped by now; its step runs on to 2.5 s
