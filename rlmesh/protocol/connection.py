@@ -309,7 +309,7 @@ class Connection:
         if channel.torn:
             self._whole_channel()
         while self._channel_wait(deadline):
-            done, value = self._reply_to(request_id, self._channel_frames(deadline))
+            done, value = self._reply_to(request_id, self._channel_frames(channel, deadline))
             if done:
                 return True, value
         return False, None
@@ -321,8 +321,13 @@ class Connection:
         assert channel is not None
         while True:
             left = shm.SLICE_S if deadline is None else min(shm.SLICE_S, deadline - time.monotonic())
-            if left > 0 and channel.wait(left):
-                return True
+            try:
+                if left > 0 and channel.wait(left):
+                    return True
+            except ValueError:  # its memory was released under it: close() from another thread
+                if not channel.closed:
+                    raise
+                raise self._closed_meanwhile() from None
             self._check_monitor(False)
             if deadline is not None and time.monotonic() >= deadline:
                 return False
@@ -346,9 +351,16 @@ class Connection:
         self._channel.close()
         self._channel = None
 
-    def _channel_frames(self, deadline: float | None = None) -> list[Any]:
-        assert self._channel is not None
-        return self._channel.receive(alive=self._alive_until(deadline), copy=self._copy_from_channel)
+    def _channel_frames(self, channel: shm.Channel, deadline: float | None = None) -> list[Any]:
+        try:
+            return channel.receive(alive=self._alive_until(deadline), copy=self._copy_from_channel)
+        except ValueError:  # its memory was released under it: close() from another thread
+            if not channel.closed:
+                raise
+            raise self._closed_meanwhile() from None
+
+    def _closed_meanwhile(self) -> ConnectionError:
+        return ConnectionError(f"the client for {self.address} was closed while a request waited for its reply")
 
     def _alive_until(self, deadline: float | None) -> Callable[[], None]:
         """What a message that travels in chunks checks while it waits on the server: the
@@ -390,7 +402,7 @@ class Connection:
         if self._channel is not None:
             channel = self._whole_channel()
             while channel.wait(RECEIVE_SLICE_MS / 1000 if block else 0.0, sleep=block):
-                done, result = self._reply_to(request_id, self._channel_frames())
+                done, result = self._reply_to(request_id, self._channel_frames(channel))
                 if done:
                     return True, result
             return False, None

@@ -784,6 +784,19 @@ def test_closing_after_an_interrupted_step_frees_the_server_and_the_env_steps_on
         assert seen["close_s"] < 0.5, seen
 
 
+def test_closing_a_client_from_another_thread_ends_its_waiting_request_with_a_connection_error(
+        spawn_server: Any, clients: Any) -> None:
+    server = spawn_server("recorder", env_kwargs={"slow": 1.5})
+    env = clients(rnp.RemoteEnv, server.address)
+    env.reset(seed=0)
+    assert env.transport == "shm"
+    closer = threading.Timer(0.3, env.close)
+    closer.start()
+    with pytest.raises(ConnectionError, match="was closed while a request waited"):
+        env.step(1)
+    closer.join()
+
+
 def _interrupt_next_wait(channel: shm.Channel) -> None:
     """Raise KeyboardInterrupt from the channel's next wait, where a real Ctrl-C lands."""
     real = channel._wait
