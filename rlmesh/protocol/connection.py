@@ -255,7 +255,7 @@ class Connection:
             if not self._channel_wait(deadline):
                 self.mark_timed_out(wait or 0.0)
                 raise TimeoutError(self._broken)
-            channel.receive(alive=self._alive_until(deadline))
+            self._channel_frames(channel, deadline)  # dropped unread
         if channel.torn:
             self._leave_channel()
 
