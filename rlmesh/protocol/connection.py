@@ -321,13 +321,8 @@ class Connection:
         assert channel is not None
         while True:
             left = shm.SLICE_S if deadline is None else min(shm.SLICE_S, deadline - time.monotonic())
-            try:
-                if left > 0 and channel.wait(left):
-                    return True
-            except ValueError:  # its memory was released under it: close() from another thread
-                if not channel.closed:
-                    raise
-                raise self._closed_meanwhile() from None
+            if left > 0 and channel.wait(left):
+                return True
             self._check_monitor(False)
             if deadline is not None and time.monotonic() >= deadline:
                 return False
@@ -352,15 +347,7 @@ class Connection:
         self._channel = None
 
     def _channel_frames(self, channel: shm.Channel, deadline: float | None = None) -> list[Any]:
-        try:
-            return channel.receive(alive=self._alive_until(deadline), copy=self._copy_from_channel)
-        except ValueError:  # its memory was released under it: close() from another thread
-            if not channel.closed:
-                raise
-            raise self._closed_meanwhile() from None
-
-    def _closed_meanwhile(self) -> ConnectionError:
-        return ConnectionError(f"the client for {self.address} was closed while a request waited for its reply")
+        return channel.receive(alive=self._alive_until(deadline), copy=self._copy_from_channel)
 
     def _alive_until(self, deadline: float | None) -> Callable[[], None]:
         """What a message that travels in chunks checks while it waits on the server: the
@@ -515,12 +502,14 @@ class Connection:
         """Detach from the server (best effort) and release the sockets. Idempotent."""
         if self._closed:
             return
+        # What a request still waiting on the channel in another thread raises.
+        closed_meanwhile = f"the client for {self.address} was closed while a request waited for its reply"
         if notify and not self._broken:
             channel = self._channel
             if channel is not None and (channel.awaiting or channel.torn):
                 # A reply is still owed (an interrupted request): say goodbye over zmq instead of
                 # waiting for it. The server releases the session once that request is answered.
-                channel.close()
+                channel.close(closed_meanwhile)
                 self._channel = None
             try:
                 self.request(Request.CLOSE, timeout=1.0)
@@ -531,7 +520,7 @@ class Connection:
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=1.0)
         if self._channel is not None:
-            self._channel.close()
+            self._channel.close(closed_meanwhile)
         self._socket.disable_monitor()
         self._monitor.close(linger=0)
         self._socket.close(linger=0)

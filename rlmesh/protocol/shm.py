@@ -35,7 +35,7 @@ from typing import Any
 
 from rlmesh.errors import ProtocolError
 
-__all__ = ["Channel", "SegmentOffer", "available", "create_segment", "open_segment", "local_pid", "kernel_id"]
+__all__ = ["Channel", "ChannelClosed", "SegmentOffer", "available", "create_segment", "open_segment", "local_pid", "kernel_id"]
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +282,10 @@ def open_segment(offer: SegmentOffer) -> Channel | None:
     return Channel(memory, capacity, server=False, spin=offer.pid != os.getpid())
 
 
+class ChannelClosed(ConnectionError):
+    """This end's channel was closed, by another thread, while a call used it."""
+
+
 class Channel:
     """One end of a segment: :meth:`send` a message, :meth:`receive` the peer's.
 
@@ -324,6 +328,7 @@ class Channel:
         #: sent half a message, and this channel cannot carry another one.
         self.torn = False
         self.closed = False
+        self._closed_reason = "the shared-memory channel is closed"
 
     # --- waiting ------------------------------------------------------------------------------
 
@@ -446,66 +451,75 @@ class Channel:
     def send(self, frames: Sequence[Any], *, alive: Callable[[], None] | None = None) -> None:
         """Write one message (a list of byte buffers) for the peer."""
         if self.closed:
-            raise ConnectionError("the shared-memory channel is closed")
-        if len(frames) == 1 and type(frames[0]) is bytes:  # the common case, in as few steps as can be
-            frame: bytes = frames[0]
-            size = len(frame)
-            if size <= self._single_room:
-                memory, at = self._memory, self._single_at
-                _SINGLE.pack_into(memory, self._out_data, size + 12, size + 12, 1, size)
-                memory[at:at + size] = frame
+            raise ChannelClosed(self._closed_reason)
+        try:  # costs nothing until it catches
+            if len(frames) == 1 and type(frames[0]) is bytes:  # the common case, in as few steps as can be
+                frame: bytes = frames[0]
+                size = len(frame)
+                if size <= self._single_room:
+                    memory, at = self._memory, self._single_at
+                    _SINGLE.pack_into(memory, self._out_data, size + 12, size + 12, 1, size)
+                    memory[at:at + size] = frame
+                    self._sent = sent = (self._sent + 1) & _MASK
+                    words, word = self._words, self._out_word
+                    words[word] = sent  # what _post does, without its call on every step
+                    self.awaiting = True
+                    _FENCE_LOCK.acquire()
+                    _FENCE_LOCK.release()
+                    if words[word + _SLEEPS]:
+                        self._futex(word, _FUTEX_WAKE, 1 << 30)
+                    return
+            views = [memoryview(frame).cast("B") for frame in frames]
+            if len(views) > _MAX_FRAMES:
+                raise ValueError(f"a message of more than {_MAX_FRAMES} frames")
+            head = _FRAME_COUNT.pack(len(views)) + struct.pack(f"<{len(views)}Q", *(v.nbytes for v in views))
+            total = len(head) + sum(v.nbytes for v in views)
+            room = self.capacity - _CHUNK_HEAD.size
+            view, box = self._view, self._out_word
+            start = self._out_data + _CHUNK_HEAD.size
+            if total <= room:  # the usual case: frames go straight into place
+                _CHUNK_HEAD.pack_into(view, self._out_data, total, total)
+                at = start + len(head)
+                view[start:at] = head
+                for part in views:
+                    view[at:at + part.nbytes] = part
+                    at += part.nbytes
                 self._sent = sent = (self._sent + 1) & _MASK
-                words, word = self._words, self._out_word
-                words[word] = sent  # what _post does, without its call on every step
+                self._words[box + _SEQ] = sent
                 self.awaiting = True
-                _FENCE_LOCK.acquire()
-                _FENCE_LOCK.release()
-                if words[word + _SLEEPS]:
-                    self._futex(word, _FUTEX_WAKE, 1 << 30)
+                self._wake(box + _SEQ)
                 return
-        views = [memoryview(frame).cast("B") for frame in frames]
-        if len(views) > _MAX_FRAMES:
-            raise ValueError(f"a message of more than {_MAX_FRAMES} frames")
-        head = _FRAME_COUNT.pack(len(views)) + struct.pack(f"<{len(views)}Q", *(v.nbytes for v in views))
-        total = len(head) + sum(v.nbytes for v in views)
-        room = self.capacity - _CHUNK_HEAD.size
-        view, box = self._view, self._out_word
-        start = self._out_data + _CHUNK_HEAD.size
-        if total <= room:  # the usual case: frames go straight into place
-            _CHUNK_HEAD.pack_into(view, self._out_data, total, total)
-            at = start + len(head)
-            view[start:at] = head
-            for part in views:
-                view[at:at + part.nbytes] = part
-                at += part.nbytes
-            self._sent = sent = (self._sent + 1) & _MASK
-            self._words[box + _SEQ] = sent
-            self.awaiting = True
-            self._wake(box + _SEQ)
-            return
-        message = b"".join([head, *views])
-        self.awaiting = False
-        for offset in range(0, total, room):
-            chunk = message[offset:offset + room]
-            while offset and self._words[box + _ACK] != self._sent:  # the reader took the last chunk?
-                if not self._wait(box, _ACK, self._words[box + _ACK], SLICE_S) and alive is not None:
-                    alive()
-            _CHUNK_HEAD.pack_into(view, self._out_data, total, len(chunk))
-            view[start:start + len(chunk)] = chunk
-            self._sent = sent = (self._sent + 1) & _MASK
-            self._words[box + _SEQ] = sent
-            whole = offset + room >= total  # from the first piece out to the last, the message is torn
-            self.awaiting, self.torn = whole, not whole
-            self._wake(box + _SEQ)
+            message = b"".join([head, *views])
+            self.awaiting = False
+            for offset in range(0, total, room):
+                chunk = message[offset:offset + room]
+                while offset and self._words[box + _ACK] != self._sent:  # the reader took the last chunk?
+                    if not self._wait(box, _ACK, self._words[box + _ACK], SLICE_S) and alive is not None:
+                        alive()
+                _CHUNK_HEAD.pack_into(view, self._out_data, total, len(chunk))
+                view[start:start + len(chunk)] = chunk
+                self._sent = sent = (self._sent + 1) & _MASK
+                self._words[box + _SEQ] = sent
+                whole = offset + room >= total  # from the first piece out to the last, the message is torn
+                self.awaiting, self.torn = whole, not whole
+                self._wake(box + _SEQ)
+        except ValueError as error:
+            raise self._closed_under(error) from None
 
     def ready(self) -> bool:
         """Whether a message from the peer is waiting."""
-        return bool(self._words[self._in_word] != self._seen)
+        try:
+            return bool(self._words[self._in_word] != self._seen)
+        except ValueError as error:
+            raise self._closed_under(error) from None
 
     def wait(self, timeout: float, *, sleep: bool = True) -> bool:
         """Wait up to ``timeout`` s for a message from the peer (``sleep=False``: only spin)."""
-        return self._words[self._in_word] != self._seen or self._wait(self._in_word, _SEQ, self._seen,
-                                                                      timeout, sleep)
+        try:
+            return self._words[self._in_word] != self._seen or self._wait(self._in_word, _SEQ, self._seen,
+                                                                          timeout, sleep)
+        except ValueError as error:
+            raise self._closed_under(error) from None
 
     def receive(self, *, alive: Callable[[], None] | None = None, copy: bool = False) -> list[Any]:
         """The peer's waiting message as frames (call after :meth:`wait` said one is in).
@@ -513,41 +527,49 @@ class Channel:
         The header is bytes; the other frames are read-only views of the segment, valid until this
         end sends its next message, unless ``copy`` (then bytes).
         """
-        box, view = self._in_word, self._view
-        self._seen = (self._seen + 1) & _MASK
-        # Torn until the message is taken whole: cut off before that, its pieces would be left
-        # unacknowledged for a peer that waits for them.
-        self.awaiting, self.torn = False, True
-        total, length, count, size = _SINGLE.unpack_from(view, self._in_data)
-        if count == 1 and total == length == size + 12 and size <= self._single_room:
-            at = self._in_data + _SINGLE.size
-            self.torn = False
-            return [self._memory[at:at + size]]  # one frame: the codec header, as bytes
-        total, length = self._chunk()
-        start = self._in_data + _CHUNK_HEAD.size
-        if length == total:
-            data: memoryview = view[start:start + total]
-            self.torn = False
-        else:
-            # Gathered as it comes, never allocated up front: a peer announcing a huge message
-            # must actually write it, as it would have to over a socket.
-            parts, got = [bytes(view[start:start + length])], length
-            while True:
-                self._post(box, _ACK, self._seen)
-                if got == total:
-                    break
-                while not self._wait(box, _SEQ, self._seen, SLICE_S):
-                    if alive is not None:
-                        alive()
-                self._seen = (self._seen + 1) & _MASK
-                more, length = self._chunk()
-                if more != total or length > total - got:
-                    raise ProtocolError("the shared-memory peer sent an inconsistent chunk")
-                parts.append(bytes(view[start:start + length]))
-                got += length
-            self.torn = False
-            data, copy = memoryview(b"".join(parts)), False
-        return _split(data, copy)
+        try:
+            box, view = self._in_word, self._view
+            self._seen = (self._seen + 1) & _MASK
+            # Torn until the message is taken whole: cut off before that, its pieces would be left
+            # unacknowledged for a peer that waits for them.
+            self.awaiting, self.torn = False, True
+            total, length, count, size = _SINGLE.unpack_from(view, self._in_data)
+            if count == 1 and total == length == size + 12 and size <= self._single_room:
+                at = self._in_data + _SINGLE.size
+                self.torn = False
+                return [self._memory[at:at + size]]  # one frame: the codec header, as bytes
+            total, length = self._chunk()
+            start = self._in_data + _CHUNK_HEAD.size
+            if length == total:
+                data: memoryview = view[start:start + total]
+                self.torn = False
+            else:
+                # Gathered as it comes, never allocated up front: a peer announcing a huge message
+                # must actually write it, as it would have to over a socket.
+                parts, got = [bytes(view[start:start + length])], length
+                while True:
+                    self._post(box, _ACK, self._seen)
+                    if got == total:
+                        break
+                    while not self._wait(box, _SEQ, self._seen, SLICE_S):
+                        if alive is not None:
+                            alive()
+                    self._seen = (self._seen + 1) & _MASK
+                    more, length = self._chunk()
+                    if more != total or length > total - got:
+                        raise ProtocolError("the shared-memory peer sent an inconsistent chunk")
+                    parts.append(bytes(view[start:start + length]))
+                    got += length
+                self.torn = False
+                data, copy = memoryview(b"".join(parts)), False
+            return _split(data, copy)
+        except ValueError as error:
+            raise self._closed_under(error) from None
+
+    def _closed_under(self, error: ValueError) -> Exception:
+        """What a ``ValueError`` from the segment's memory means: if :meth:`close` released that
+        memory under a call (from another thread), that the channel was closed."""
+        return ChannelClosed(self._closed_reason) if self.closed else error
 
     def _chunk(self) -> tuple[int, int]:
         total, length = _CHUNK_HEAD.unpack_from(self._view, self._in_data)
@@ -555,10 +577,13 @@ class Channel:
             raise ProtocolError(f"the shared-memory peer sent a chunk of {length} bytes (of {total})")
         return total, length
 
-    def close(self) -> None:
-        """Unmap the segment (and remove its name, if this end still has it)."""
+    def close(self, reason: str | None = None) -> None:
+        """Unmap the segment (and remove its name, if this end still has it). A call still using
+        the channel in another thread raises :class:`ChannelClosed` with ``reason``."""
         if self.closed:
             return
+        if reason is not None:
+            self._closed_reason = reason
         self.hang_up()
         self.closed = True
         self.unlink()

@@ -525,6 +525,26 @@ def test_a_segment_with_a_capacity_no_server_makes_is_refused(capacity: int) -> 
         os.unlink(path)
 
 
+def test_a_channel_closed_under_a_call_says_so_with_the_closers_reason() -> None:
+    """A wait in one thread while another closes the end: ChannelClosed with the reason given
+    to close(), and every later call the same, never a ValueError from released memory."""
+    server_end, offer = shm.create_segment(1 << 14)
+    client_end = shm.open_segment(offer)
+    assert client_end is not None
+    try:
+        closer = threading.Timer(0.2, client_end.close, args=("closed by the test",))
+        closer.start()
+        with pytest.raises(shm.ChannelClosed, match="closed by the test"):
+            client_end.wait(5.0)
+        closer.join()
+        for call in (client_end.ready, client_end.receive, lambda: client_end.send([b"x"])):
+            with pytest.raises(shm.ChannelClosed, match="closed by the test"):
+                call()
+    finally:
+        client_end.close()
+        server_end.close()
+
+
 @pytest.mark.parametrize("lie", ["chunk_too_long", "frame_count", "frame_lengths"])
 def test_a_server_writing_garbage_gets_a_protocol_error_not_a_crash(lie: str) -> None:
     """The client's side: a hostile server's reply is bounds-checked before anything is read."""
@@ -794,6 +814,20 @@ def test_closing_a_client_from_another_thread_ends_its_waiting_request_with_a_co
     closer.start()
     with pytest.raises(ConnectionError, match="was closed while a request waited"):
         env.step(1)
+    closer.join()
+
+
+def test_closing_a_multi_endpoint_env_from_another_thread_ends_its_gather_with_a_connection_error(
+        spawn_server: Any, clients: Any) -> None:
+    """The gather reads replies with poll_reply and wait_any, not receive: they too say why."""
+    servers = [spawn_server("recorder", env_kwargs={"slow": 1.5}) for _ in range(2)]
+    envs = clients(rnp.MultiEndpointVectorEnv, [s.address for s in servers])
+    envs.reset(seed=0)
+    assert all(e.connection.transport == "shm" for e in envs._endpoints)
+    closer = threading.Timer(0.3, envs.close)
+    closer.start()
+    with pytest.raises(ConnectionError, match="was closed while a request waited"):
+        envs.step(np.array([1, 1]))
     closer.join()
 
 
