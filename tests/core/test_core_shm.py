@@ -113,6 +113,30 @@ def test_a_client_on_another_host_stays_on_zmq_and_shm_required_says_why(
         rnp.RemoteEnv(address, transport="shm")
 
 
+def test_a_client_kept_on_zmq_declines_a_segment_it_did_not_ask_for(clients: Any) -> None:
+    """A server that offers shared memory to everyone (an old or broken one): a client with
+    transport="zmq" neither maps the segment nor leaves the server a thread waiting on it."""
+    server = EnvServer(core_envs.make("cartpole"), "tcp://127.0.0.1:0")
+    honest_hello = server._hello
+
+    def offering_to_all(session: Any, payload: Any) -> Any:
+        return honest_hello(session, {**payload, "transports": ["shm"], "kernel": shm.kernel_id()})
+
+    server._hello = offering_to_all  # type: ignore[method-assign]
+    server.start()
+    try:
+        env = clients(rnp.RemoteEnv, server.address, transport="zmq")
+        assert env.transport == "zmq"
+        assert env.reset(seed=0)[0].shape == (4,)
+        # The decline went ahead of reset on the same socket, so the server has taken it.
+        assert not server._channels, "the server still serves a segment nobody mapped"
+        assert env.step(1)[0].shape == (4,)
+        env.close()
+    finally:
+        server.shutdown()
+    assert not our_segments()
+
+
 def test_a_zmq_only_server_offers_nothing(clients: Any) -> None:
     server = EnvServer(core_envs.make("cartpole"), "tcp://127.0.0.1:0", transport="zmq").start()
     try:
