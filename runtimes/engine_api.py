@@ -18,6 +18,7 @@ from pathlib import PurePosixPath
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import requests.exceptions
+from rlmesh_runtimes.exit_race import settled
 
 from rlmesh.errors import (
     ContainerError,
@@ -306,7 +307,7 @@ class EngineApiDriver(RuntimeDriver, Generic[ClientT]):
             with self._errors(f"starting container {container.short_id} from {spec.image}"):
                 with self._gpu_refusal(spec):
                     container.start()
-                container.reload()
+                settled(container.reload, str(container.id))  # a container that exits at once
             addresses = self._addresses(container.attrs, spec.ports)
         except BaseException:
             self.stop(str(container.id), timeout=0)
@@ -336,7 +337,7 @@ class EngineApiDriver(RuntimeDriver, Generic[ClientT]):
 
     def _container(self, container_id: str) -> Any:
         try:
-            return self.client.containers.get(container_id)
+            return settled(lambda: self.client.containers.get(container_id), container_id)
         except self._container_not_found as exc:
             raise ContainerError(
                 f"{self.name}: no container {container_id[:12]}: {self._explain(exc)}"

@@ -3,7 +3,8 @@
 Podman before 4.4 (Debian 12 ships 4.3) may fail an inspect of a container whose process is
 exiting at that moment: reading ``/proc/<pid>/cgroup`` gives "no such process" (ESRCH,
 containers/podman#16504), over its API and its CLI alike. Asked again a moment later, it
-reports the exit. Both drivers that can talk to podman inspect through :func:`settled`.
+reports the exit. Every inspect of a container by the drivers that can talk to podman (the
+Engine-API base and the CLI driver) goes through :func:`settled`.
 """
 
 from __future__ import annotations

@@ -315,7 +315,7 @@ class CliDriver(RuntimeDriver):
 
     def _addresses(self, container: python_on_whales.Container, ports: Sequence[int]) -> dict[int, str]:
         with self._errors(f"inspecting container {container.id[:12]}"):
-            container.reload()  # type: ignore[no-untyped-call]
+            settled(container.reload, container.id)
             bound = container.network_settings.ports or {}
             state = container.state
         addresses: dict[int, str] = {}
@@ -381,7 +381,7 @@ class CliDriver(RuntimeDriver):
             infos = []
             for container in found:
                 try:
-                    container.reload()  # type: ignore[no-untyped-call]
+                    settled(container.reload, container.id)
                 except whales_errors.NoSuchContainer:
                     continue  # removed since the listing
                 infos.append(

@@ -20,7 +20,6 @@ import podman
 import podman.errors
 import requests.exceptions
 from rlmesh_runtimes.engine_api import BuildOutput, EngineApiDriver, build_context
-from rlmesh_runtimes.exit_race import settled
 
 from rlmesh.errors import RuntimeDriverError, RuntimeUnavailableError
 from rlmesh.runtime.driver import ContainerInfo, ImageRecipe, ProgressCallback, RunSpec
@@ -103,9 +102,6 @@ class PodmanDriver(EngineApiDriver[podman.PodmanClient]):
             if "image not known" in str(exc):
                 return self._image_missing(action, exc)
         return super()._failed(action, exc)
-
-    def _container(self, container_id: str) -> Any:
-        return settled(lambda: super(PodmanDriver, self)._container(container_id), container_id)
 
     def _unreachable(self, action: str, exc: BaseException) -> RuntimeUnavailableError:
         return RuntimeUnavailableError(

@@ -16,6 +16,8 @@ from rlmesh_runtimes import exit_race
 from rlmesh_runtimes.exit_race import settled
 from rlmesh_runtimes.podman import PodmanDriver
 
+from rlmesh.runtime.driver import RunSpec
+
 RACE = "500 Server Error: Internal Server Error (read /proc/20002/cgroup: no such process)"
 
 
@@ -66,20 +68,44 @@ class _Container:
         return [b"bye\n"]
 
 
+class _Started:
+    """A container just started, whose first inspect races its exit (a command that ends at once)."""
+
+    id = short_id = "c0ffee"
+
+    def __init__(self) -> None:
+        self.attrs: dict[str, Any] = {}
+        self.inspect = Flaky(1, podman.errors.APIError(RACE))
+
+    def start(self) -> None:
+        pass
+
+    def reload(self) -> None:
+        self.inspect()
+        self.attrs = {"Id": self.id, "State": {"Running": False, "ExitCode": 0}}
+
+
 class _Containers:
-    """podman-py's ``client.containers``, whose first lookup races the container's exit."""
+    """podman-py's ``client.containers``, whose lookups race the container's exit once."""
 
     def __init__(self) -> None:
         self.lookup = Flaky(1, podman.errors.APIError(RACE))
+        self.started = _Started()
 
     def get(self, container_id: str) -> _Container:
         self.lookup()
         return _Container()
 
+    def create(self, image: str, **options: Any) -> _Started:
+        return self.started
+
 
 class _Client:
     def __init__(self) -> None:
         self.containers = _Containers()
+
+    def info(self) -> dict[str, Any]:
+        return {"host": {"security": {"rootless": False}, "cgroupControllers": ["cpu", "memory", "pids"]}}
 
 
 def test_podman_health_of_a_container_mid_exit_reports_the_exit(pauses: list[float]) -> None:
@@ -88,3 +114,12 @@ def test_podman_health_of_a_container_mid_exit_reports_the_exit(pauses: list[flo
     health = driver.health("c0ffee")
     assert not health.running and health.exit_code == 3 and health.logs_tail == "bye\n"
     assert client.containers.lookup.calls == 3  # the raced inspect, asked again; then the logs' lookup
+
+
+def test_podman_run_of_a_container_that_exits_at_once_is_not_a_failure(pauses: list[float]) -> None:
+    """ci23: the inspect right after start raced a command that ends at once (500 ... no such process)."""
+    driver = PodmanDriver("unix:///nonexistent/podman.sock")
+    driver._client = client = _Client()  # type: ignore[assignment]
+    handle = driver.run(RunSpec("rlmesh-test:echo", command=["true"]))
+    assert handle.id == "c0ffee" and handle.addresses == {}
+    assert client.containers.started.inspect.calls == 2
