@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rlmesh_runtimes.exit_race import settled
 
 from rlmesh.errors import RuntimeDriverError
 from rlmesh.runtime import (
@@ -223,12 +224,19 @@ class Containers:
 
 
 def engine_inspect(driver: RuntimeDriver, container_id: str) -> dict[str, Any]:
-    """The engine's own ``inspect`` of a container: its API's answer, or its CLI's JSON."""
-    if driver.name == "cli":
-        command = driver._command("inspect", container_id)  # type: ignore[attr-defined]
-        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        return json.loads(output)[0]  # type: ignore[no-any-return]
-    return dict(driver.client.containers.get(container_id).attrs)  # type: ignore[attr-defined]
+    """The engine's own ``inspect`` of a container: its API's answer, or its CLI's JSON (asked
+    again while it races the container's exit, as the drivers do)."""
+
+    def inspect() -> dict[str, Any]:
+        if driver.name == "cli":
+            command = driver._command("inspect", container_id)  # type: ignore[attr-defined]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(f"{' '.join(command)}: {done.stderr.strip()}")
+            return json.loads(done.stdout)[0]  # type: ignore[no-any-return]
+        return dict(driver.client.containers.get(container_id).attrs)  # type: ignore[attr-defined]
+
+    return settled(inspect, container_id)
 
 
 @pytest.fixture
