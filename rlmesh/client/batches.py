@@ -109,10 +109,10 @@ def item(space: Any, batch: Any, index: int) -> Any:
 
 
 def concat(space: Any, parts: list[Any]) -> Any:
+    """One batch of ``parts``, in new arrays even of a single part: the parts are the env's
+    stored observations, and the caller may write into what it gets (``obs /= 255``)."""
     import numpy as np
 
-    if len(parts) == 1:
-        return parts[0]
     spaces = _spaces()
     if isinstance(space, spaces.Dict):
         return {k: concat(sub, [p[k] for p in parts]) for k, sub in space.spaces.items()}

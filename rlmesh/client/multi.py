@@ -863,7 +863,8 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
             slice_ms = RECEIVE_SLICE_MS
             if deadline is not None:
                 slice_ms = max(0, min(slice_ms, int((deadline - time.monotonic()) * 1000)))
-            ready = wait_any([endpoint.connection for endpoint in self._endpoints], slice_ms)
+            # Only the connections waited for: a stale reply elsewhere must not wake us.
+            ready = wait_any([sent.requests[index][0].connection for index in sent.waiting], slice_ms)
             still: list[int] = []
             for index in sent.waiting:
                 connection = sent.requests[index][0].connection

@@ -278,3 +278,50 @@ def test_a_request_timeout_names_the_slow_endpoint(serve: Any) -> None:
             env.step(np.zeros(2, dtype=np.int64))
     finally:
         env.close()
+
+
+def test_a_stale_reply_on_another_endpoint_does_not_hide_a_dead_one(serve: Any) -> None:
+    """A failed step leaves lane 1's reply unread; lane 0's server then dies. A request to lane 0
+    alone must notice at once, not spin on the other endpoint's waiting reply."""
+    failing, slow = serve(("single", {"fail_at": 3}), ("single", {"step_sleep": 0.3}))
+    env = MultiEndpointVectorEnv([failing.address, slow.address], request_timeout=10)
+    try:
+        env.reset(seed=0)
+        for _ in range(2):
+            env.step(np.zeros(2, dtype=np.int64))
+        with pytest.raises(EnvironmentException):
+            env.step(np.zeros(2, dtype=np.int64))  # lane 0 fails at once; lane 1's reply comes later
+        time.sleep(0.8)  # lane 1's reply is in, unread
+        failing.kill()
+        started = time.monotonic()
+        with pytest.raises(ConnectionError, match=failing.address):
+            env.call_lanes([0], "reset")
+        assert time.monotonic() - started < 5
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("flavour", [rnp, rtorch], ids=["numpy", "torch"])
+def test_observations_handed_out_are_the_callers_own(serve: Any, flavour: Any) -> None:
+    """Writing into what recv() or reset() returned (obs /= 255) never changes the env's stored
+    observations: a masked reset gives back the untouched lanes as they were. Each result here
+    comes from one endpoint, whose stored batch it once was."""
+    servers = serve(("single", {}), ("single", {}), ("vector", {"num_envs": 2}))
+    lanes = flavour.MultiEndpointVectorEnv(_addresses(servers[:2]))
+    one = flavour.MultiEndpointVectorEnv(_addresses(servers[2:]))
+    try:
+        lanes.reset(seed=0)
+        lanes.send(np.zeros(1, dtype=np.int64), lane_ids=[0])
+        obs = lanes.recv()[0]
+        kept = np.asarray(obs).copy()
+        obs += 1000
+        again, _ = lanes.reset(options={"reset_mask": np.array([False, True])})
+        np.testing.assert_array_equal(np.asarray(again[0]), kept[0])
+        whole, _ = one.reset(seed=1)
+        kept = np.asarray(whole).copy()
+        whole += 1000
+        again, _ = one.reset(options={"reset_mask": np.array([False, True])})
+        np.testing.assert_array_equal(np.asarray(again[0]), kept[0])
+    finally:
+        lanes.close()
+        one.close()
