@@ -12,6 +12,7 @@ same either way.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
@@ -113,6 +114,8 @@ class Connection:
         self._broken: str | None = None
         self._lost_error: Exception | None = None
         self._channel: shm.Channel | None = None
+        #: Requests waiting to go into the channel, behind a reply still owed (see :meth:`send`).
+        self._queued: collections.deque[list[Any]] = collections.deque()
         #: Turns "lost the connection" into a truer error: a sandbox asks its engine what happened.
         self.explain_loss: Callable[[str], Exception] | None = None
         self._context: zmq.Context[Any] = zmq.Context.instance()
@@ -231,33 +234,21 @@ class Connection:
         self._pending_kind = kind
         frames = codec.encode([kind, self._request_id, self._session, payload])
         channel = self._channel
+        if channel is not None and channel.torn:
+            self._leave_channel()
+            channel = None
         if channel is not None:
-            wait = self.request_timeout if timeout is None else timeout
-            deadline = None if wait is None else time.monotonic() + wait
-            if channel.awaiting or channel.torn:
-                self._settle_channel(deadline, wait)
-            if self._channel is not None:
-                self._channel.send(frames, alive=self._alive_until(deadline))
+            if channel.awaiting or self._queued:
+                # Requests and replies alternate in the channel: this one goes in once the replies
+                # owed before it are read (a request still under way, an interrupted wait's, or one
+                # a multi-endpoint gather gave up). Over zmq it would queue in the socket alike.
+                self._queued.append(frames)
                 return self._request_id
+            wait = self.request_timeout if timeout is None else timeout
+            channel.send(frames, alive=self._alive_until(None if wait is None else time.monotonic() + wait))
+            return self._request_id
         self._send_frames(frames, timeout, connecting)
         return self._request_id
-
-    def _settle_channel(self, deadline: float | None, wait: float | None) -> None:
-        """Before a request goes through the channel: requests and replies must alternate there.
-
-        The reply to an earlier request that was never read (a KeyboardInterrupt while waiting,
-        or a request a multi-endpoint gather gave up) is taken and dropped first; a new request
-        would overwrite the old one unread, or the reply would be written while being read. A
-        channel that a message was cut off in midway is left for zmq."""
-        channel = self._channel
-        assert channel is not None
-        if channel.awaiting and not channel.torn:
-            if not self._channel_wait(deadline):
-                self.mark_timed_out(wait or 0.0)
-                raise TimeoutError(self._broken)
-            self._channel_frames(channel, deadline)  # dropped unread
-        if channel.torn:
-            self._leave_channel()
 
     def _send_frames(self, frames: list[Any], timeout: float | None, connecting: bool) -> None:
         """Queue ``frames`` on the socket. zmq queues at once while it has a connection (or is
@@ -280,7 +271,7 @@ class Connection:
         wait = self.request_timeout if timeout is None else check_timeout("timeout", timeout)
         deadline = None if wait is None else time.monotonic() + wait
         if self._channel is not None:
-            done, result = self._channel_reply(request_id, deadline)
+            done, result = self._channel_reply(request_id, deadline, breaking=True)
             if done:
                 return result
             self.mark_timed_out(wait or 0.0)
@@ -301,18 +292,33 @@ class Connection:
             if done:
                 return result
 
-    def _channel_reply(self, request_id: int, deadline: float | None) -> tuple[bool, Any]:
+    def _channel_reply(self, request_id: int, deadline: float | None, *, breaking: bool) -> tuple[bool, Any]:
         """Wait on the shared-memory channel: ``(True, payload)`` once the reply is in, or
-        ``(False, None)`` when ``deadline`` passes."""
-        channel = self._channel
-        assert channel is not None
-        if channel.torn:
-            self._whole_channel()
+        ``(False, None)`` when ``deadline`` passes.
+
+        ``breaking``: ``deadline`` also bounds a reply that travels in pieces (past it the client
+        is unusable, as for :meth:`receive`). Otherwise such a reply gets ``request_timeout`` from
+        its first piece: a wait that may be repeated must not break the client mid-message."""
+        channel = self._whole_channel()
         while self._channel_wait(deadline):
-            done, value = self._reply_to(request_id, self._channel_frames(channel, deadline))
+            done, value = self._take_reply(request_id, channel, deadline if breaking else self._request_deadline())
             if done:
                 return True, value
         return False, None
+
+    def _take_reply(self, request_id: int, channel: shm.Channel, deadline: float | None) -> tuple[bool, Any]:
+        """Read the message waiting in the channel as a reply (see :meth:`_reply_to`); then the
+        next queued request goes in (not before: the reply is read straight from the segment)."""
+        frames = channel.receive(alive=self._alive_until(deadline), copy=self._copy_from_channel)
+        try:
+            return self._reply_to(request_id, frames)
+        finally:
+            if self._queued and not channel.torn:
+                frames = self._queued.popleft()  # taken first: a request must never go in twice
+                channel.send(frames, alive=self._alive_until(self._request_deadline()))
+
+    def _request_deadline(self) -> float | None:
+        return None if self.request_timeout is None else time.monotonic() + self.request_timeout
 
     def _channel_wait(self, deadline: float | None) -> bool:
         """Wait until a message is in the channel (``True``) or ``deadline`` passes (``False``),
@@ -321,7 +327,7 @@ class Connection:
         assert channel is not None
         while True:
             left = shm.SLICE_S if deadline is None else min(shm.SLICE_S, deadline - time.monotonic())
-            if left > 0 and channel.wait(left):
+            if channel.wait(left) if left > 0 else channel.ready():  # a reply in already counts
                 return True
             self._check_monitor(False)
             if deadline is not None and time.monotonic() >= deadline:
@@ -339,15 +345,15 @@ class Connection:
         return channel
 
     def _leave_channel(self) -> None:
-        """Go over zmq from now on: the server's channel thread ends when this end hangs up."""
+        """Go over zmq from now on: the server's channel thread ends when this end hangs up.
+        Requests queued for the channel go first, in order."""
         assert self._channel is not None
         log.warning("a message to or from %s was cut off midway in shared memory (interrupted); "
                     "this client goes over zmq from now on", self.address)
         self._channel.close()
         self._channel = None
-
-    def _channel_frames(self, channel: shm.Channel, deadline: float | None = None) -> list[Any]:
-        return channel.receive(alive=self._alive_until(deadline), copy=self._copy_from_channel)
+        while self._queued:
+            self._send_frames(self._queued.popleft(), None, False)
 
     def _alive_until(self, deadline: float | None) -> Callable[[], None]:
         """What a message that travels in chunks checks while it waits on the server: the
@@ -369,7 +375,7 @@ class Connection:
         usable and the request answerable: waiting again later still gets its reply."""
         deadline = time.monotonic() + check_timeout("timeout", timeout)
         if self._channel is not None:
-            return self._channel_reply(request_id, deadline)
+            return self._channel_reply(request_id, deadline, breaking=False)
         socket = self._socket
         while True:
             slice_ms = max(0, min(RECEIVE_SLICE_MS, int((deadline - time.monotonic()) * 1000) + 1))
@@ -389,7 +395,7 @@ class Connection:
         if self._channel is not None:
             channel = self._whole_channel()
             while channel.wait(RECEIVE_SLICE_MS / 1000 if block else 0.0, sleep=block):
-                done, result = self._reply_to(request_id, self._channel_frames(channel))
+                done, result = self._take_reply(request_id, channel, self._request_deadline())
                 if done:
                     return True, result
             return False, None

@@ -32,7 +32,7 @@ from rlmesh import EnvServer
 from rlmesh.errors import ProtocolError
 from rlmesh.protocol import shm
 from rlmesh.protocol.connection import Connection
-from rlmesh.protocol.messages import PROTOCOL_GENERATION
+from rlmesh.protocol.messages import PROTOCOL_GENERATION, Request
 from rlmesh.wire import codec
 from rlmesh.wire.arrays import array_from_wire
 
@@ -443,6 +443,73 @@ def test_a_chunked_request_to_a_frozen_server_keeps_the_request_timeout(spawn_se
             env.step(0)
     finally:
         os.kill(server.proc.pid, signal.SIGCONT)
+
+
+# --- waits that may be repeated (step_wait(timeout=), recv(timeout=), wait_reply) -------------------
+
+def _connection(address: str, transport: str, **kwargs: Any) -> Connection:
+    connection = Connection(address, transport=transport, **kwargs)
+    assert connection.transport == transport
+    connection.request(Request.RESET, {"seed": 0, "options": None})
+    return connection
+
+
+@pytest.mark.parametrize("transport", ["shm", "zmq"])
+def test_a_zero_timeout_wait_takes_a_reply_that_is_in(transport: str, spawn_server: Any) -> None:
+    """A polling loop (step_wait(timeout=0)) gets a reply that arrived while it looked away."""
+    server = spawn_server("recorder")
+    connection = _connection(server.address, transport)
+    try:
+        request = connection.send(Request.STEP, 0)
+        time.sleep(1.0)  # answered long since
+        done, reply = connection.wait_reply(request, 0)
+        assert done and reply[4]["executed"] == [0]
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("transport", ["shm", "zmq"])
+def test_a_request_sent_while_a_reply_is_owed_goes_in_after_it(transport: str, spawn_server: Any) -> None:
+    """A wait that gave up leaves its reply owed: the next send returns at once (as over zmq, not
+    after that reply), and each reply still reaches the wait for its own request."""
+    server = spawn_server("recorder", env_kwargs={"slow": 1.0})
+    connection = _connection(server.address, transport)
+    try:
+        first = connection.send(Request.STEP, 1)  # takes 1 s
+        assert connection.wait_reply(first, 0.2) == (False, None)
+        started = time.monotonic()
+        second = connection.send(Request.STEP, 2)
+        assert time.monotonic() - started < 0.5
+        done, reply = connection.wait_reply(first, 5)
+        assert done and reply[4]["executed"] == [1]
+        done, reply = connection.wait_reply(second, 5)
+        assert done and reply[4]["executed"] == [1, 2]
+        assert connection.request(Request.STEP, 3)[4]["executed"] == [1, 2, 3]
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("transport", ["shm", "zmq"])
+def test_a_short_wait_during_a_reply_in_pieces_takes_it_whole(transport: str, spawn_server: Any) -> None:
+    """The server pauses between two pieces of a reply (here: stopped for a second) while a
+    wait_reply(0.05) reads it: once begun, the reply is taken whole within request_timeout;
+    the wait's own bound must not declare the client unusable."""
+    server = spawn_server("recorder")
+    connection = _connection(server.address, transport, request_timeout=10.0)
+    try:
+        request = connection.send(Request.STEP, 9)  # a 3 MiB info: pieces through a 1 MiB segment
+        time.sleep(0.5)  # the first piece is in; the server waits for it to be taken
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        waking = threading.Timer(1.0, os.kill, args=(server.proc.pid, signal.SIGCONT))
+        waking.start()
+        try:
+            done, reply = connection.wait_reply(request, 0.05)
+        finally:
+            waking.join()
+        assert done and len(reply[4]["big"]) == 3 << 20
+        assert connection.request(Request.STEP, 0)[4]["executed"] == [9, 0]
+    finally:
+        connection.close()
 
 
 def test_the_sweep_of_dead_servers_segments_keeps_other_pid_namespaces(tmp_path: Path) -> None:
