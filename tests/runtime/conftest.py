@@ -230,7 +230,7 @@ def engine_inspect(driver: RuntimeDriver, container_id: str) -> dict[str, Any]:
     def inspect() -> dict[str, Any]:
         if driver.name == "cli":
             command = driver._command("inspect", container_id)  # type: ignore[attr-defined]
-            done = subprocess.run(command, capture_output=True, text=True)
+            done = subprocess.run(command, check=False, capture_output=True, text=True)
             if done.returncode:
                 raise RuntimeError(f"{' '.join(command)}: {done.stderr.strip()}")
             return json.loads(done.stdout)[0]  # type: ignore[no-any-return]
