@@ -114,8 +114,10 @@ class Connection:
         self._broken: str | None = None
         self._lost_error: Exception | None = None
         self._channel: shm.Channel | None = None
-        #: Requests waiting to go into the channel, behind a reply still owed (see :meth:`send`).
-        self._queued: collections.deque[list[Any]] = collections.deque()
+        #: Requests (id, frames) waiting to go into the channel, behind a reply still owed (see
+        #: :meth:`send`); and the id of the last request that went into it.
+        self._queued: collections.deque[tuple[int, list[Any]]] = collections.deque()
+        self._last_in_channel = 0
         #: Turns "lost the connection" into a truer error: a sandbox asks its engine what happened.
         self.explain_loss: Callable[[str], Exception] | None = None
         self._context: zmq.Context[Any] = zmq.Context.instance()
@@ -242,8 +244,9 @@ class Connection:
                 # Requests and replies alternate in the channel: this one goes in once the replies
                 # owed before it are read (a request still under way, an interrupted wait's, or one
                 # a multi-endpoint gather gave up). Over zmq it would queue in the socket alike.
-                self._queued.append(frames)
+                self._queued.append((self._request_id, frames))
                 return self._request_id
+            self._last_in_channel = self._request_id
             wait = self.request_timeout if timeout is None else timeout
             channel.send(frames, alive=self._alive_until(None if wait is None else time.monotonic() + wait))
             return self._request_id
@@ -270,6 +273,7 @@ class Connection:
         """Wait for the reply to ``request_id`` and return its payload (or raise its error)."""
         wait = self.request_timeout if timeout is None else check_timeout("timeout", timeout)
         deadline = None if wait is None else time.monotonic() + wait
+        self._check_cut_off(request_id)
         if self._channel is not None:
             done, result = self._channel_reply(request_id, deadline, breaking=True)
             if done:
@@ -299,7 +303,8 @@ class Connection:
         ``breaking``: ``deadline`` also bounds a reply that travels in pieces (past it the client
         is unusable, as for :meth:`receive`). Otherwise such a reply gets ``request_timeout`` from
         its first piece: a wait that may be repeated must not break the client mid-message."""
-        channel = self._whole_channel()
+        channel = self._channel
+        assert channel is not None
         while self._channel_wait(deadline):
             done, value = self._take_reply(request_id, channel, deadline if breaking else self._request_deadline())
             if done:
@@ -314,7 +319,8 @@ class Connection:
             return self._reply_to(request_id, frames)
         finally:
             if self._queued and not channel.torn:
-                frames = self._queued.popleft()  # taken first: a request must never go in twice
+                # Taken off the queue first: a request must never go in twice.
+                self._last_in_channel, frames = self._queued.popleft()
                 channel.send(frames, alive=self._alive_until(self._request_deadline()))
 
     def _request_deadline(self) -> float | None:
@@ -333,16 +339,18 @@ class Connection:
             if deadline is not None and time.monotonic() >= deadline:
                 return False
 
-    def _whole_channel(self) -> shm.Channel:
-        """The channel, unless a reply was cut off in it midway: then the client goes over zmq and
-        the reply is lost."""
+    def _check_cut_off(self, request_id: int) -> None:
+        """Before waiting for ``request_id``: if a message was cut off in the channel midway (an
+        interrupted wait), go over zmq from now on. That message's request, and any before it,
+        get an error; the requests queued behind it went on over zmq and are answered there."""
         channel = self._channel
-        assert channel is not None
-        if channel.torn:
-            self._leave_channel()
-            raise ConnectionError(f"the reply from {self.address} was cut off midway in shared memory (the "
-                                  "wait for it was interrupted); send the request again")
-        return channel
+        if channel is None or not channel.torn:
+            return
+        self._leave_channel()
+        if request_id <= self._last_in_channel:
+            raise ConnectionError(f"the exchange with {self.address} was cut off midway in shared memory (the "
+                                  "wait for it was interrupted): this request's reply is lost, though the "
+                                  "request may have run; the client goes on over zmq")
 
     def _leave_channel(self) -> None:
         """Go over zmq from now on: the server's channel thread ends when this end hangs up.
@@ -353,7 +361,7 @@ class Connection:
         self._channel.close()
         self._channel = None
         while self._queued:
-            self._send_frames(self._queued.popleft(), None, False)
+            self._send_frames(self._queued.popleft()[1], None, False)
 
     def _alive_until(self, deadline: float | None) -> Callable[[], None]:
         """What a message that travels in chunks checks while it waits on the server: the
@@ -374,6 +382,7 @@ class Connection:
         ``(False, None)``. Unlike :meth:`receive`, running out of time leaves the connection
         usable and the request answerable: waiting again later still gets its reply."""
         deadline = time.monotonic() + check_timeout("timeout", timeout)
+        self._check_cut_off(request_id)
         if self._channel is not None:
             return self._channel_reply(request_id, deadline, breaking=False)
         socket = self._socket
@@ -392,8 +401,9 @@ class Connection:
         """Read what has arrived: ``(True, payload)`` once the reply to ``request_id`` is in,
         else ``(False, None)``; an error reply raises its exception. ``block`` waits up to one
         receive slice (:data:`RECEIVE_SLICE_MS`) for each message instead of returning at once."""
-        if self._channel is not None:
-            channel = self._whole_channel()
+        self._check_cut_off(request_id)
+        channel = self._channel
+        if channel is not None:
             while channel.wait(RECEIVE_SLICE_MS / 1000 if block else 0.0, sleep=block):
                 done, result = self._take_reply(request_id, channel, self._request_deadline())
                 if done:

@@ -934,6 +934,18 @@ def _interrupt_next_wait(channel: shm.Channel) -> None:
     channel._wait = interrupted  # type: ignore[method-assign]
 
 
+def _interrupt_after_first_piece(channel: shm.Channel) -> None:
+    """Raise KeyboardInterrupt from the wait for the second piece of the next reply read."""
+    real_receive = channel.receive
+
+    def receive(**kwargs: Any) -> list[Any]:
+        channel.receive = real_receive  # type: ignore[method-assign]
+        _interrupt_next_wait(channel)
+        return real_receive(**kwargs)
+
+    channel.receive = receive  # type: ignore[method-assign]
+
+
 @pytest.mark.parametrize("where", ["taking the first piece", "waiting for the next piece"])
 def test_a_reply_cut_off_in_pieces_by_ctrl_c_leaves_the_client_working_over_zmq(
         where: str, spawn_server: Any, clients: Any) -> None:
@@ -950,14 +962,7 @@ def test_a_reply_cut_off_in_pieces_by_ctrl_c_leaves_the_client_working_over_zmq(
 
         channel._chunk = chunk  # type: ignore[method-assign]
     else:
-        real_receive = channel.receive
-
-        def receive(**kwargs: Any) -> list[Any]:  # the first piece is in: cut off the wait for more
-            channel.receive = real_receive
-            _interrupt_next_wait(channel)
-            return real_receive(**kwargs)
-
-        channel.receive = receive
+        _interrupt_after_first_piece(channel)
     with pytest.raises(KeyboardInterrupt):
         env.step(9)
     assert channel.torn
@@ -968,6 +973,44 @@ def test_a_reply_cut_off_in_pieces_by_ctrl_c_leaves_the_client_working_over_zmq(
     while our_segments(server.proc.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert our_segments(server.proc.pid) == []
+
+
+def test_a_request_queued_behind_a_reply_cut_off_by_ctrl_c_is_answered_over_zmq(spawn_server: Any) -> None:
+    """Ctrl-C while a reply in pieces is read, with another request queued behind it: that one
+    went on over zmq, so waiting for it gets its reply (not "send it again", which would run it
+    twice); the cut-off reply's own request gets the error."""
+    server = spawn_server("recorder")
+    connection = _connection(server.address, "shm")
+    try:
+        channel = connection._channel
+        assert channel is not None
+        _interrupt_after_first_piece(channel)
+        cut_off = connection.send(Request.STEP, 9)  # a 3 MiB reply: pieces through a 1 MiB segment
+        queued = connection.send(Request.STEP, 2)
+        with pytest.raises(KeyboardInterrupt):
+            connection.wait_reply(queued, 5)
+        assert channel.torn
+        done, reply = connection.wait_reply(queued, 5)
+        assert done and reply[4]["executed"] == [9, 2]
+        assert connection.transport == "zmq"
+        assert connection.request(Request.STEP, 3)[4]["executed"] == [9, 2, 3]
+        assert connection.wait_reply(cut_off, 0.5) == (False, None)  # its reply is gone for good
+    finally:
+        connection.close()
+
+
+def test_the_request_whose_reply_was_cut_off_is_told_so(spawn_server: Any, clients: Any) -> None:
+    server = spawn_server("recorder")
+    env = clients(rnp.RemoteEnv, server.address)
+    env.reset(seed=0)
+    connection = env._connection
+    _interrupt_after_first_piece(connection._channel)
+    request = connection.send(Request.STEP, 9)
+    with pytest.raises(KeyboardInterrupt):
+        connection.receive(request)
+    with pytest.raises(ConnectionError, match="reply is lost, though the request may have run"):
+        connection.receive(request)
+    assert env.step(3)[4]["executed"] == [9, 3]
 
 
 def test_a_request_cut_off_in_pieces_by_ctrl_c_never_runs_and_the_next_one_does(
