@@ -53,7 +53,7 @@ from rlmesh.protocol.address import to_zmq_endpoint
 from rlmesh.protocol.connection import RECEIVE_SLICE_MS, Connection, wait_any
 from rlmesh.protocol.keys import ClientKeys
 from rlmesh.protocol.messages import EnvContract, Request
-from rlmesh.protocol.timeouts import check_timeout
+from rlmesh.protocol.timeouts import check_timeout, deadline_in
 
 __all__ = ["MultiEndpointVectorEnvBase", "MultiEndpointVectorEnv", "AUTORESET_MODES"]
 
@@ -839,7 +839,7 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
         """
         keep = timeout is not None
         limit = timeout if keep else self.request_timeout
-        deadline = None if limit is None else time.monotonic() + limit
+        deadline = deadline_in(limit)
         # Replies usually come within one receive slice: take them in order, one blocking
         # receive each, with no poller. The first slice that passes quietly (or a deadline
         # closer than a slice) hands the rest to the poll loop below, which hears from every
@@ -919,7 +919,7 @@ class MultiEndpointVectorEnvBase(Closeable, VectorEnvSurface, Generic[ValueT, Ac
         """Wait until at least ``min_lanes`` of the ``flying`` endpoints' lanes have their replies."""
         keep = timeout is not None
         limit = check_timeout("timeout", timeout) if keep else self.request_timeout
-        deadline = None if limit is None else time.monotonic() + limit
+        deadline = deadline_in(limit)
         # Only the connections waited for: a stale reply elsewhere must not wake us.
         connections = [endpoint.connection for endpoint in flying]
         while True:

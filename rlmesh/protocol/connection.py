@@ -42,7 +42,7 @@ from rlmesh.protocol.messages import (
     recv_frames,
     send_frames,
 )
-from rlmesh.protocol.timeouts import check_timeout
+from rlmesh.protocol.timeouts import check_timeout, deadline_in
 from rlmesh.wire import codec
 
 __all__ = ["Connection", "RECEIVE_SLICE_MS", "wait_any"]
@@ -248,7 +248,7 @@ class Connection:
                 return self._request_id
             self._last_in_channel = self._request_id
             wait = self.request_timeout if timeout is None else timeout
-            channel.send(frames, alive=self._alive_until(None if wait is None else time.monotonic() + wait))
+            channel.send(frames, alive=self._alive_until(deadline_in(wait)))
             return self._request_id
         self._send_frames(frames, timeout, connecting)
         return self._request_id
@@ -258,7 +258,7 @@ class Connection:
         still making one); it has none after a failed key handshake, and would block for good.
         So wait in slices, asking the monitor why, up to ``timeout`` (default request_timeout)."""
         wait = self.request_timeout if timeout is None else timeout
-        deadline = None if wait is None else time.monotonic() + wait
+        deadline = deadline_in(wait)
         while True:
             try:
                 send_frames(self._socket, frames)
@@ -272,7 +272,7 @@ class Connection:
     def receive(self, request_id: int, *, timeout: float | None = None, connecting: bool = False) -> Any:
         """Wait for the reply to ``request_id`` and return its payload (or raise its error)."""
         wait = self.request_timeout if timeout is None else check_timeout("timeout", timeout)
-        deadline = None if wait is None else time.monotonic() + wait
+        deadline = deadline_in(wait)
         self._check_cut_off(request_id)
         if self._channel is not None:
             done, result = self._channel_reply(request_id, deadline, breaking=True)
@@ -306,7 +306,8 @@ class Connection:
         channel = self._channel
         assert channel is not None
         while self._channel_wait(deadline):
-            done, value = self._take_reply(request_id, channel, deadline if breaking else self._request_deadline())
+            whole_by = deadline if breaking else deadline_in(self.request_timeout)
+            done, value = self._take_reply(request_id, channel, whole_by)
             if done:
                 return True, value
         return False, None
@@ -321,10 +322,7 @@ class Connection:
             if self._queued and not channel.torn:
                 # Taken off the queue first: a request must never go in twice.
                 self._last_in_channel, frames = self._queued.popleft()
-                channel.send(frames, alive=self._alive_until(self._request_deadline()))
-
-    def _request_deadline(self) -> float | None:
-        return None if self.request_timeout is None else time.monotonic() + self.request_timeout
+                channel.send(frames, alive=self._alive_until(deadline_in(self.request_timeout)))
 
     def _channel_wait(self, deadline: float | None) -> bool:
         """Wait until a message is in the channel (``True``) or ``deadline`` passes (``False``),
@@ -405,7 +403,7 @@ class Connection:
         channel = self._channel
         if channel is not None:
             while channel.wait(RECEIVE_SLICE_MS / 1000 if block else 0.0, sleep=block):
-                done, result = self._take_reply(request_id, channel, self._request_deadline())
+                done, result = self._take_reply(request_id, channel, deadline_in(self.request_timeout))
                 if done:
                     return True, result
             return False, None

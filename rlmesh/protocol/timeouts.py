@@ -1,11 +1,13 @@
-"""Checks for the timeouts users pass: a NaN or negative wait must fail at once, not hang."""
+"""Timeouts: checks for the ones users pass (a NaN or negative wait must fail at once, not
+hang), and the deadline a wait ends at."""
 
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, overload
 
-__all__ = ["check_timeout"]
+__all__ = ["check_timeout", "deadline_in"]
 
 
 @overload
@@ -28,3 +30,8 @@ def check_timeout(name: str, value: Any) -> float | None:
         hint = "; use None for no limit" if math.isinf(value) else ""
         raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}{hint}")
     return float(value)
+
+
+def deadline_in(seconds: float | None) -> float | None:
+    """The ``time.monotonic()`` reading ``seconds`` from now; ``None`` (no limit) for ``None``."""
+    return None if seconds is None else time.monotonic() + seconds
