@@ -115,8 +115,10 @@ class Connection:
         self._lost_error: Exception | None = None
         self._channel: shm.Channel | None = None
         #: Requests (id, frames) waiting to go into the channel, behind a reply still owed (see
-        #: :meth:`send`); and the id of the last request that went into it.
+        #: :meth:`send`); the id of the first of them while it is being written (0: none); and
+        #: the id of the last request that went into the channel whole.
         self._queued: collections.deque[tuple[int, list[Any]]] = collections.deque()
+        self._writing = 0
         self._last_in_channel = 0
         #: Turns "lost the connection" into a truer error: a sandbox asks its engine what happened.
         self.explain_loss: Callable[[str], Exception] | None = None
@@ -240,6 +242,8 @@ class Connection:
             self._leave_channel()
             channel = None
         if channel is not None:
+            if self._queued:
+                self._resume_queue(channel)
             if channel.awaiting or self._queued:
                 # Requests and replies alternate in the channel: this one goes in once the replies
                 # owed before it are read (a request still under way, an interrupted wait's, or one
@@ -273,7 +277,7 @@ class Connection:
         """Wait for the reply to ``request_id`` and return its payload (or raise its error)."""
         wait = self.request_timeout if timeout is None else check_timeout("timeout", timeout)
         deadline = deadline_in(wait)
-        self._check_cut_off(request_id)
+        self._catch_up(request_id)
         if self._channel is not None:
             done, result = self._channel_reply(request_id, deadline, breaking=True)
             if done:
@@ -319,10 +323,29 @@ class Connection:
         try:
             return self._reply_to(request_id, frames)
         finally:
-            if self._queued and not channel.torn:
-                # Taken off the queue first: a request must never go in twice.
-                self._last_in_channel, frames = self._queued.popleft()
-                channel.send(frames, alive=self._alive_until(deadline_in(self.request_timeout)))
+            if self._queued:
+                self._resume_queue(channel)
+
+    def _resume_queue(self, channel: shm.Channel) -> None:
+        """Write the first queued request into the channel if no reply is owed there.
+
+        Safe to repeat after an interrupt anywhere in it (Ctrl-C): the request being written is
+        taken off the queue only once the channel holds it whole (the channel's ``awaiting`` is
+        set with no call between it and the store that hands the message over). So it is either
+        in the channel or still first in the queue: never lost, never written twice. One cut off
+        midway (a torn channel) is still queued, and goes over zmq with the rest."""
+        writing, queued = self._writing, self._queued
+        if writing:
+            if queued and queued[0][0] == writing and channel.awaiting:
+                self._last_in_channel = writing
+                queued.popleft()
+            self._writing = 0
+        if queued and not channel.awaiting and not channel.torn:
+            self._writing, frames = queued[0]
+            channel.send(frames, alive=self._alive_until(deadline_in(self.request_timeout)))
+            self._last_in_channel = self._writing
+            queued.popleft()
+            self._writing = 0
 
     def _channel_wait(self, deadline: float | None) -> bool:
         """Wait until a message is in the channel (``True``) or ``deadline`` passes (``False``),
@@ -337,12 +360,18 @@ class Connection:
             if deadline is not None and time.monotonic() >= deadline:
                 return False
 
-    def _check_cut_off(self, request_id: int) -> None:
-        """Before waiting for ``request_id``: if a message was cut off in the channel midway (an
-        interrupted wait), go over zmq from now on. That message's request, and any before it,
-        get an error; the requests queued behind it went on over zmq and are answered there."""
+    def _catch_up(self, request_id: int) -> None:
+        """Before waiting for ``request_id``, finish what an interrupt (Ctrl-C) cut short.
+
+        A queued request whose turn came goes into the channel. If a message was cut off in the
+        channel midway, go over zmq from now on: that message's request, and any before it, get
+        an error; the requests queued behind it go on over zmq and are answered there."""
         channel = self._channel
-        if channel is None or not channel.torn:
+        if channel is None:
+            return
+        if not channel.torn:
+            if self._queued:
+                self._resume_queue(channel)
             return
         self._leave_channel()
         if request_id <= self._last_in_channel:
@@ -356,6 +385,8 @@ class Connection:
         assert self._channel is not None
         log.warning("a message to or from %s was cut off midway in shared memory (interrupted); "
                     "this client goes over zmq from now on", self.address)
+        if self._queued:
+            self._resume_queue(self._channel)  # only settles: nothing goes into a torn channel
         self._channel.close()
         self._channel = None
         while self._queued:
@@ -380,7 +411,7 @@ class Connection:
         ``(False, None)``. Unlike :meth:`receive`, running out of time leaves the connection
         usable and the request answerable: waiting again later still gets its reply."""
         deadline = time.monotonic() + check_timeout("timeout", timeout)
-        self._check_cut_off(request_id)
+        self._catch_up(request_id)
         if self._channel is not None:
             return self._channel_reply(request_id, deadline, breaking=False)
         socket = self._socket
@@ -399,7 +430,7 @@ class Connection:
         """Read what has arrived: ``(True, payload)`` once the reply to ``request_id`` is in,
         else ``(False, None)``; an error reply raises its exception. ``block`` waits up to one
         receive slice (:data:`RECEIVE_SLICE_MS`) for each message instead of returning at once."""
-        self._check_cut_off(request_id)
+        self._catch_up(request_id)
         channel = self._channel
         if channel is not None:
             while channel.wait(RECEIVE_SLICE_MS / 1000 if block else 0.0, sleep=block):
@@ -419,11 +450,14 @@ class Connection:
 
     def ready(self) -> bool:
         """Whether a shared-memory reply is waiting (a zmq reply shows on :attr:`socket` instead)."""
-        return self._channel is not None and self._channel.ready()
+        channel = self._channel
+        if channel is not None and self._queued:
+            self._resume_queue(channel)
+        return channel is not None and channel.ready()
 
     def wait_channel(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for a shared-memory reply; ``False`` on zmq connections."""
-        return self._channel is not None and self._channel.wait(timeout)
+        return self.ready() or (self._channel is not None and self._channel.wait(timeout))
 
     def _reply_to(self, request_id: int, frames: list[Any]) -> tuple[bool, Any]:
         """Decode one reply (its frame contents): ``(True, payload)`` if it answers ``request_id``;

@@ -31,7 +31,7 @@ import rlmesh.torch as rtorch
 from rlmesh import EnvServer
 from rlmesh.errors import ProtocolError
 from rlmesh.protocol import shm
-from rlmesh.protocol.connection import Connection
+from rlmesh.protocol.connection import Connection, wait_any
 from rlmesh.protocol.messages import PROTOCOL_GENERATION, Request
 from rlmesh.wire import codec
 from rlmesh.wire.arrays import array_from_wire
@@ -485,6 +485,74 @@ def test_a_request_sent_while_a_reply_is_owed_goes_in_after_it(transport: str, s
         done, reply = connection.wait_reply(second, 5)
         assert done and reply[4]["executed"] == [1, 2]
         assert connection.request(Request.STEP, 3)[4]["executed"] == [1, 2, 3]
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("reader", ["wait_reply", "a gather (wait_any, poll_reply)"])
+@pytest.mark.parametrize("where", ["before it is written", "after it is written"])
+def test_ctrl_c_while_a_queued_request_goes_in_neither_loses_nor_repeats_it(
+        where: str, reader: str, spawn_server: Any) -> None:
+    """The reply owed before a queued request is read; then Ctrl-C lands as that request is handed
+    to the channel (at the entry of the write, or right after it, before it leaves the queue).
+    Waiting for it still gets its reply, and it ran once."""
+    server = spawn_server("recorder", env_kwargs={"slow": 0.5})
+    connection = _connection(server.address, "shm")
+    try:
+        channel = connection._channel
+        assert channel is not None
+        first = connection.send(Request.STEP, 1)
+        assert connection.wait_reply(first, 0.1) == (False, None)
+        queued = connection.send(Request.STEP, 2)
+        real_send = channel.send
+
+        def send(frames: Any, **kwargs: Any) -> None:
+            channel.send = real_send  # type: ignore[method-assign]
+            if where == "after it is written":
+                real_send(frames, **kwargs)
+            raise KeyboardInterrupt
+
+        channel.send = send  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            connection.wait_reply(first, 5)  # read, and lost to the interrupt as over zmq
+        if reader == "wait_reply":
+            done, reply = connection.wait_reply(queued, 5)
+        else:
+            assert wait_any([connection], 5000) == {connection}
+            done, reply = connection.poll_reply(queued)
+        assert done and reply[4]["executed"] == [1, 2]
+        assert connection.request(Request.STEP, 3)[4]["executed"] == [1, 2, 3]
+        assert connection.transport == "shm"
+    finally:
+        connection.close()
+
+
+def test_a_queued_request_cut_off_in_pieces_by_ctrl_c_goes_over_zmq(spawn_server: Any) -> None:
+    """Ctrl-C lands while a queued request in pieces is written: the server never got it whole
+    (so never ran it), and it goes over zmq with the client; its wait gets the reply."""
+    server = spawn_server("recorder", env_kwargs={"slow": 0.5})
+    connection = _connection(server.address, "shm")
+    try:
+        channel = connection._channel
+        assert channel is not None
+        first = connection.send(Request.STEP, 1)
+        assert connection.wait_reply(first, 0.1) == (False, None)
+        data = b"x" * (2 << 20)  # pieces through a 1 MiB segment
+        queued = connection.send(Request.CALL, {"name": "load", "args": [data], "kwargs": {}})
+        real_send = channel.send
+
+        def send(frames: Any, **kwargs: Any) -> None:  # interrupted waiting for its second piece's turn
+            channel.send = real_send  # type: ignore[method-assign]
+            _interrupt_next_wait(channel)
+            real_send(frames, **kwargs)
+
+        channel.send = send  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            connection.wait_reply(first, 5)
+        assert channel.torn
+        assert connection.wait_reply(queued, 5) == (True, len(data))
+        assert connection.transport == "zmq"
+        assert connection.request(Request.STEP, 3)[4]["executed"] == [1, f"load {len(data)}", 3]
     finally:
         connection.close()
 
