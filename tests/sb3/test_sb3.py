@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -128,7 +129,9 @@ def test_without_stable_baselines3_the_error_names_the_extra() -> None:
     assert 'pip install "rlmesh[sb3]"' in done.stderr, done.stderr
 
 
-def test_ppo_learns_cartpole_through_a_remote_vector_env(spawn_server: Any) -> None:
+def test_ppo_learns_cartpole_through_a_remote_vector_env(spawn_server: Any, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SB3_LOGDIR", str(tmp_path))  # SB3's logger makes a folder, by default in /tmp
     torch.set_num_threads(1)  # a small MLP: threads cost more than they bring on 2 cores
     server = spawn_server("cartpole_vec", env_kwargs={"num_envs": LANES})
     venv = as_vec_env(rnp.RemoteVectorEnv(server.address))
