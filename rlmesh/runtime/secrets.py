@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import os
 import tarfile
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
@@ -48,9 +47,9 @@ def secrets_archive(files: Mapping[str, bytes], owner: int) -> bytes:
     return buffer.getvalue()
 
 
-def write_secrets(files: Mapping[str, bytes]) -> Path:
-    """Write ``files`` into a new private folder (0700, files 0600) of this host; return it."""
-    folder = Path(tempfile.mkdtemp(prefix="rlmesh-secrets-"))
+def write_secrets(files: Mapping[str, bytes], folder: Path) -> Path:
+    """Write ``files`` into ``folder``, made new and private (0700, files 0600); return it."""
+    folder.mkdir(mode=0o700)
     for name, data in files.items():
         target = folder.joinpath(*_checked(name).parts)
         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

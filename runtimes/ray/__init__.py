@@ -11,7 +11,8 @@ Ray runs no container images, so the image-centric interface maps onto it like t
   dependencies, Gymnasium) are taken from the cluster's environment, which Ray expects to match
   the driver's; any other package is installed by a Ray runtime environment (``pip``), isolated
   from other actors. ``spec.env`` becomes the runtime environment's variables. The actor writes
-  the app files to a private directory, imports ``imports`` (the build-time check), builds the
+  the app files and keys to a private folder (removed when it stops; a killed actor's, by the
+  next actor on its node), imports ``imports`` (the build-time check), builds the
   env and serves it on a free port of its node's IP; the returned address is that node IP as Ray
   reports it, so endpoints on other machines are reachable and loopback is never assumed.
 * Actors are placed round-robin over the cluster's alive nodes (node affinity). They are
@@ -34,6 +35,7 @@ importable by Ray workers from the same module.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib
 import itertools
 import json
@@ -80,6 +82,9 @@ NAMESPACE = "rlmesh"
 #: The one command a Ray endpoint runs: the sandbox server, inside the actor.
 SERVER_COMMAND = COMMAND
 _NAME_PREFIX = "rlmesh-"
+#: Each actor's private folder (app files, keys) in its node's temporary directory.
+_FOLDER_PREFIX = "rlmesh-actor-"
+_OWNER_FILE = "owner"
 _LOG_LINES = 500
 _CALL_TIMEOUT = 30.0
 
@@ -121,13 +126,43 @@ class _LogBuffer(logging.Handler):
         self.lines.append(self.format(record))
 
 
+def _claim_folder() -> Path:
+    """A new private folder (0700) of this worker for one actor's files, first removing those
+    of actors whose worker died without removing its own (killed outright: SIGKILL, the OOM
+    killer, a kill after a failed stop).
+
+    Each folder holds an ``owner`` file its worker keeps locked (``flock``) while it lives: the
+    kernel drops the lock with the process, whatever killed it, and in any pid namespace. The
+    file appears under that name only once locked, so a folder being made is never taken for
+    an abandoned one."""
+    root = Path(tempfile.gettempdir())
+    for old in root.glob(f"{_FOLDER_PREFIX}*"):
+        try:
+            owner = os.open(old / _OWNER_FILE, os.O_RDONLY)
+        except OSError:  # being made, or another user's
+            continue
+        try:
+            fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shutil.rmtree(old, ignore_errors=True)  # under the lock: no other sweep races us
+        except OSError:  # its worker lives
+            pass
+        finally:
+            os.close(owner)
+    folder = Path(tempfile.mkdtemp(prefix=_FOLDER_PREFIX))
+    locking = folder / f".{_OWNER_FILE}"
+    owner = os.open(locking, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fcntl.flock(owner, fcntl.LOCK_EX)  # kept open, and locked, for the worker's life
+    locking.rename(folder / _OWNER_FILE)
+    return folder
+
+
 class ServerActor:
     """Runs one rlmesh sandbox server (env or policy) inside a Ray actor's worker process."""
 
     def __init__(self, labels: Mapping[str, str]) -> None:
         self._labels = dict(labels)
         self._server: Any = None
-        self._secrets: Path | None = None
+        self._folder: Path | None = None
         self._stopping = False
         self._buffer = _LogBuffer()
         root = logging.getLogger()
@@ -139,20 +174,26 @@ class ServerActor:
         """Build the server ``$RLMESH_SANDBOX`` describes, serve it, return its address."""
         config: dict[str, Any] = json.loads(os.environ[CONFIG_VARIABLE])
         # The keys travel as a task argument (Ray's own channel), land in a private folder of
-        # the worker and leave with the actor.
-        self._secrets = write_secrets(secret_files)
-        app_dir = Path(tempfile.mkdtemp(prefix="rlmesh-app-"))
-        for name, data in app_files.items():
-            target = app_dir / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-        os.chdir(app_dir)  # the actor owns its worker process, as a container owns its cwd
-        for module in imports:
-            importlib.import_module(module)
-        host = str(_ray.util.get_node_ip_address())
-        self._server = build_server(config, f"tcp://{host}:0", app_dir, self._secrets)
-        # start() (not serve() in a thread of ours) so that shutdown() can wake and join the loop.
-        self._server.start()
+        # the worker and leave with the actor, as do the app files.
+        self._folder = _claim_folder()
+        try:
+            secrets = write_secrets(secret_files, self._folder / "secrets")
+            app_dir = self._folder / "app"
+            for name, data in app_files.items():
+                target = app_dir / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+            app_dir.mkdir(exist_ok=True)
+            os.chdir(app_dir)  # the actor owns its worker process, as a container owns its cwd
+            for module in imports:
+                importlib.import_module(module)
+            host = str(_ray.util.get_node_ip_address())
+            self._server = build_server(config, f"tcp://{host}:0", app_dir, secrets)
+            # start() (not serve() in a thread of ours) so that shutdown() can wake and join the loop.
+            self._server.start()
+        except BaseException:
+            self._remove_folder()  # the driver kills a failed actor without asking it to stop
+            raise
         threading.Thread(target=self._exit_when_stopped, name="rlmesh-ray-watch", daemon=True).start()
         return str(self._server.address)
 
@@ -163,9 +204,13 @@ class ServerActor:
         # The owner went away (no heartbeats): the actor has nothing left to do, and a
         # lingering worker process would be a leak.
         logging.getLogger(__name__).info("server stopped: no client; ending the actor")
-        if self._secrets is not None:
-            shutil.rmtree(self._secrets, ignore_errors=True)
+        self._remove_folder()
         os._exit(0)
+
+    def _remove_folder(self) -> None:
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
 
     def labels(self) -> dict[str, str]:
         return self._labels
@@ -182,8 +227,7 @@ class ServerActor:
         self._stopping = True
         if self._server is not None:
             self._server.shutdown(timeout=2.0)
-        if self._secrets is not None:
-            shutil.rmtree(self._secrets, ignore_errors=True)
+        self._remove_folder()
 
 
 # Threaded, so health and log calls are answered while start() builds the env.

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,6 +74,11 @@ def _wait_gone(pids: list[int], timeout: float = 15.0) -> list[int]:
     return [p for p in pids if _pid_running(p)]
 
 
+def _actor_folders() -> set[Path]:
+    """The actors' private folders (app files, keys) on this machine, which hosts both nodes."""
+    return set(Path(tempfile.gettempdir()).glob("rlmesh-actor-*"))
+
+
 def test_available_and_nodes_stay_on_loopback(driver: RayDriver, ray_cluster: Any) -> None:
     availability = driver.available()
     assert availability, availability.reason
@@ -92,7 +98,9 @@ def test_available_explains_a_missing_cluster() -> None:
 
 
 def test_lanes_on_both_nodes_equal_one_local_vector_env(driver: RayDriver) -> None:
+    before = _actor_folders()
     env = spread_vector_env("CartPole-v1", 10, per_endpoint=3, runtime=driver, **SANDBOX)
+    assert len(_actor_folders() - before) == 4  # one per endpoint, with its keys
     local = gym.make_vec("CartPole-v1", num_envs=10, vectorization_mode="sync")
     try:
         assert env.num_envs == 10
@@ -116,9 +124,11 @@ def test_lanes_on_both_nodes_equal_one_local_vector_env(driver: RayDriver) -> No
         local.close()
         env.close()
     assert driver.list({}) == []
+    assert _actor_folders() - before == set()
 
 
 def test_an_endpoint_killed_mid_run_is_named_and_nothing_is_left(driver: RayDriver) -> None:
+    before = _actor_folders()
     env = spread_vector_env("CartPole-v1", 6, per_endpoint=2, runtime=driver, **SANDBOX)
     sessions = env._owned
     pids = [driver.pid(s.container_id) for s in sessions]
@@ -137,6 +147,10 @@ def test_an_endpoint_killed_mid_run_is_named_and_nothing_is_left(driver: RayDriv
         env.close()
     assert driver.list({}) == []
     assert _wait_gone(pids) == [], "actor worker processes survived close()"
+    # The killed worker could not remove its folder (and keys); the next actor on the node does.
+    assert len(_actor_folders() - before) == 1
+    spread_vector_env("CartPole-v1", 2, per_endpoint=1, runtime=driver, **SANDBOX).close()
+    assert _actor_folders() - before == set()
 
 
 def test_orphans_of_a_dead_owner_are_reaped(driver: RayDriver, tmp_path: Path) -> None:
@@ -164,10 +178,12 @@ def test_a_failing_start_reports_the_actor_error(driver: RayDriver) -> None:
                          imports=("no_such_module_here",))
     tag = driver.build(recipe)
     config = {"source": {"kind": "gym", "env_id": "CartPole-v1"}, "port": 5555}
+    before = _actor_folders()
     with pytest.raises(ContainerError, match="no_such_module_here"):
         driver.run(RunSpec(image=tag, command=["python", "-m", "rlmesh.sandbox.entry"],
                            env={CONFIG_VARIABLE: json.dumps(config)}, ports=[5555]))
     assert driver.list({}) == []
+    assert _actor_folders() - before == set()
 
 
 def test_refusals_name_the_fix(driver: RayDriver) -> None:
