@@ -31,7 +31,7 @@ from rlmesh.errors import (
     ServerBusyError,
     VersionMismatchError,
 )
-from rlmesh.protocol import shm
+from rlmesh.protocol import interrupts, shm
 from rlmesh.protocol.address import channel_mode, to_user_address
 from rlmesh.protocol.keys import ClientKeys, handshake_error
 from rlmesh.protocol.messages import (
@@ -111,15 +111,18 @@ class Connection:
         self._request_id = 0
         self._pending_kind = ""
         self._closed = False
+        self._closed_message = "the client is closed"
         self._broken: str | None = None
         self._lost_error: Exception | None = None
         self._channel: shm.Channel | None = None
         #: Requests (id, frames) waiting to go into the channel, behind a reply still owed (see
-        #: :meth:`send`); the id of the first of them while it is being written (0: none); and
-        #: the id of the last request that went into the channel whole.
+        #: :meth:`send`); the id of the first of them while it is being written (0: none); the
+        #: id of the last request that went into the channel whole; and, once a message was cut
+        #: off there, the last request whose reply went with it.
         self._queued: collections.deque[tuple[int, list[Any]]] = collections.deque()
         self._writing = 0
         self._last_in_channel = 0
+        self._lost_up_to = 0
         #: Turns "lost the connection" into a truer error: a sandbox asks its engine what happened.
         self.explain_loss: Callable[[str], Exception] | None = None
         self._context: zmq.Context[Any] = zmq.Context.instance()
@@ -238,12 +241,10 @@ class Connection:
         self._pending_kind = kind
         frames = codec.encode([kind, self._request_id, self._session, payload])
         channel = self._channel
-        if channel is not None and channel.torn:
-            self._leave_channel()
-            channel = None
+        if self._queued or (channel is not None and channel.torn):
+            self._settle()
+            channel = self._channel
         if channel is not None:
-            if self._queued:
-                self._resume_queue(channel)
             if channel.awaiting or self._queued:
                 # Requests and replies alternate in the channel: this one goes in once the replies
                 # owed before it are read (a request still under way, an interrupted wait's, or one
@@ -257,15 +258,27 @@ class Connection:
         self._send_frames(frames, timeout, connecting)
         return self._request_id
 
-    def _send_frames(self, frames: list[Any], timeout: float | None, connecting: bool) -> None:
+    def _send_frames(self, frames: list[Any], timeout: float | None, connecting: bool, *,
+                     dequeue: bool = False) -> None:
         """Queue ``frames`` on the socket. zmq queues at once while it has a connection (or is
         still making one); it has none after a failed key handshake, and would block for good.
-        So wait in slices, asking the monitor why, up to ``timeout`` (default request_timeout)."""
+        So wait in slices, asking the monitor why, up to ``timeout`` (default request_timeout).
+
+        ``dequeue``: ``frames`` are the first queued request (:meth:`_send_queued_over_zmq`),
+        taken off the queue as they go out."""
         wait = self.request_timeout if timeout is None else timeout
         deadline = deadline_in(wait)
         while True:
             try:
-                send_frames(self._socket, frames)
+                if dequeue or len(frames) > 1:
+                    # Ctrl-C held back: a message's frames go out together (zmq would join the
+                    # rest of a cut-off one to the next), and a queued one leaves the queue with them.
+                    with interrupts.held():
+                        send_frames(self._socket, frames)
+                        if dequeue:
+                            self._queued.popleft()
+                else:
+                    send_frames(self._socket, frames)
                 return
             except zmq.Again:
                 self._check_monitor(connecting)
@@ -278,8 +291,9 @@ class Connection:
         wait = self.request_timeout if timeout is None else check_timeout("timeout", timeout)
         deadline = deadline_in(wait)
         self._catch_up(request_id)
-        if self._channel is not None:
-            done, result = self._channel_reply(request_id, deadline, breaking=True)
+        channel = self._channel
+        if channel is not None:
+            done, result = self._channel_reply(channel, request_id, deadline, breaking=True)
             if done:
                 return result
             self.mark_timed_out(wait or 0.0)
@@ -296,20 +310,22 @@ class Connection:
                         self.mark_timed_out(wait or 0.0)
                     raise TimeoutError(self._broken or f"no reply from {self.address}") from None
                 continue
+            except zmq.ZMQError as error:
+                raise self._closed_under(error) from None
             done, result = self._reply_to(request_id, frame_contents(frames))
             if done:
                 return result
 
-    def _channel_reply(self, request_id: int, deadline: float | None, *, breaking: bool) -> tuple[bool, Any]:
+    def _channel_reply(self, channel: shm.Channel, request_id: int, deadline: float | None, *,
+                       breaking: bool) -> tuple[bool, Any]:
         """Wait on the shared-memory channel: ``(True, payload)`` once the reply is in, or
         ``(False, None)`` when ``deadline`` passes.
 
         ``breaking``: ``deadline`` also bounds a reply that travels in pieces (past it the client
         is unusable, as for :meth:`receive`). Otherwise such a reply gets ``request_timeout`` from
-        its first piece: a wait that may be repeated must not break the client mid-message."""
-        channel = self._channel
-        assert channel is not None
-        while self._channel_wait(deadline):
+        its first piece: a wait that may be repeated must not break the client mid-message.
+        (The channel is passed, not read from the client: another thread may close it.)"""
+        while self._channel_wait(channel, deadline):
             whole_by = deadline if breaking else deadline_in(self.request_timeout)
             done, value = self._take_reply(request_id, channel, whole_by)
             if done:
@@ -347,11 +363,9 @@ class Connection:
             queued.popleft()
             self._writing = 0
 
-    def _channel_wait(self, deadline: float | None) -> bool:
+    def _channel_wait(self, channel: shm.Channel, deadline: float | None) -> bool:
         """Wait until a message is in the channel (``True``) or ``deadline`` passes (``False``),
         looking at the monitor between slices."""
-        channel = self._channel
-        assert channel is not None
         while True:
             left = shm.SLICE_S if deadline is None else min(shm.SLICE_S, deadline - time.monotonic())
             if channel.wait(left) if left > 0 else channel.ready():  # a reply in already counts
@@ -361,36 +375,52 @@ class Connection:
                 return False
 
     def _catch_up(self, request_id: int) -> None:
-        """Before waiting for ``request_id``, finish what an interrupt (Ctrl-C) cut short.
-
-        A queued request whose turn came goes into the channel. If a message was cut off in the
-        channel midway, go over zmq from now on: that message's request, and any before it, get
-        an error; the requests queued behind it go on over zmq and are answered there."""
+        """Before waiting for ``request_id``: :meth:`_settle`; and if its reply went with a
+        message cut off in the channel, say so."""
         channel = self._channel
-        if channel is None:
-            return
-        if not channel.torn:
-            if self._queued:
-                self._resume_queue(channel)
-            return
-        self._leave_channel()
-        if request_id <= self._last_in_channel:
+        if self._queued or self._closed or (channel is not None and channel.torn):
+            self._settle()
+        if request_id <= self._lost_up_to:
             raise ConnectionError(f"the exchange with {self.address} was cut off midway in shared memory (the "
                                   "wait for it was interrupted): this request's reply is lost, though the "
                                   "request may have run; the client goes on over zmq")
 
-    def _leave_channel(self) -> None:
+    def _settle(self) -> None:
+        """Finish what an interrupt (Ctrl-C) cut short, before anything waits on this client.
+
+        A queued request whose turn came goes into the channel. If a message was cut off in the
+        channel midway, go over zmq from now on: that message's request, and any before it, have
+        lost their replies (:meth:`_catch_up` says so); the requests queued behind it go on over
+        zmq and are answered there. Requests still queued after leaving the channel go out."""
+        if self._closed:
+            raise ConnectionError(self._closed_message)
+        channel = self._channel
+        if channel is None:
+            self._send_queued_over_zmq()
+        elif channel.torn:
+            self._leave_channel(channel)
+        elif self._queued:
+            self._resume_queue(channel)
+
+    def _leave_channel(self, channel: shm.Channel) -> None:
         """Go over zmq from now on: the server's channel thread ends when this end hangs up.
         Requests queued for the channel go first, in order."""
-        assert self._channel is not None
         log.warning("a message to or from %s was cut off midway in shared memory (interrupted); "
                     "this client goes over zmq from now on", self.address)
         if self._queued:
-            self._resume_queue(self._channel)  # only settles: nothing goes into a torn channel
-        self._channel.close()
-        self._channel = None
+            self._resume_queue(channel)  # only settles: nothing goes into a torn channel
+        self._lost_up_to = self._last_in_channel
+        with interrupts.held():  # a channel left but not closed would keep the server's thread waiting
+            self._channel = None
+            channel.close()
+        self._send_queued_over_zmq()
+
+    def _send_queued_over_zmq(self) -> None:
+        """Send the requests queued for a channel this client left, in order. Each leaves the
+        queue as it goes out, Ctrl-C held back between the two: none is lost or sent twice, and
+        the rest of a drain cut short goes with the next request or wait."""
         while self._queued:
-            self._send_frames(self._queued.popleft()[1], None, False)
+            self._send_frames(self._queued[0][1], None, False, dequeue=True)
 
     def _alive_until(self, deadline: float | None) -> Callable[[], None]:
         """What a message that travels in chunks checks while it waits on the server: the
@@ -412,12 +442,17 @@ class Connection:
         usable and the request answerable: waiting again later still gets its reply."""
         deadline = time.monotonic() + check_timeout("timeout", timeout)
         self._catch_up(request_id)
-        if self._channel is not None:
-            return self._channel_reply(request_id, deadline, breaking=False)
+        channel = self._channel
+        if channel is not None:
+            return self._channel_reply(channel, request_id, deadline, breaking=False)
         socket = self._socket
         while True:
             slice_ms = max(0, min(RECEIVE_SLICE_MS, int((deadline - time.monotonic()) * 1000) + 1))
-            if socket.poll(slice_ms):
+            try:
+                polled = socket.poll(slice_ms)
+            except zmq.ZMQError as error:
+                raise self._closed_under(error) from None
+            if polled:
                 done, value = self.poll_reply(request_id)
                 if done:
                     return True, value
@@ -444,6 +479,8 @@ class Connection:
                 frames = recv_frames(self._socket, flags)
             except zmq.Again:
                 return False, None
+            except zmq.ZMQError as error:
+                raise self._closed_under(error) from None
             done, result = self._reply_to(request_id, frame_contents(frames))
             if done:
                 return True, result
@@ -451,13 +488,12 @@ class Connection:
     def ready(self) -> bool:
         """Whether a shared-memory reply is waiting (a zmq reply shows on :attr:`socket` instead)."""
         channel = self._channel
-        if channel is not None and self._queued:
-            self._resume_queue(channel)
         return channel is not None and channel.ready()
 
     def wait_channel(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for a shared-memory reply; ``False`` on zmq connections."""
-        return self.ready() or (self._channel is not None and self._channel.wait(timeout))
+        channel = self._channel
+        return channel is not None and channel.wait(timeout)
 
     def _reply_to(self, request_id: int, frames: list[Any]) -> tuple[bool, Any]:
         """Decode one reply (its frame contents): ``(True, payload)`` if it answers ``request_id``;
@@ -482,18 +518,27 @@ class Connection:
                         f"within {waited:g} s; the client is unusable, create a new one")
 
     def _check_monitor(self, connecting: bool) -> None:
-        while self._monitor.poll(0):
-            message = parse_monitor_message(self._monitor.recv_multipart())
+        while True:
+            try:
+                if not self._monitor.poll(0):
+                    return
+                message = parse_monitor_message(self._monitor.recv_multipart())
+            except zmq.ZMQError as error:
+                raise self._closed_under(error) from None
             event = message["event"]
             if event in _HANDSHAKE_FAILED:  # a key is wrong or missing: retrying cannot help
-                error = handshake_error(event, int(message["value"]), self.endpoint, self.address, self._keys)
-                self._broken = str(error)
-                raise error
+                refused = handshake_error(event, int(message["value"]), self.endpoint, self.address, self._keys)
+                self._broken = str(refused)
+                raise refused
             if event == zmq.EVENT_CONNECTED:
                 self._connected = True
             elif event == zmq.EVENT_DISCONNECTED and self._connected and not connecting:
                 raise self._lost(f"lost the connection to the server at {self.address} (it stopped "
                                  "or crashed); start it again and create a new client")
+
+    def _closed_under(self, error: Exception) -> Exception:
+        """What an error from a socket means if :meth:`close` (in another thread) closed it meanwhile."""
+        return ConnectionError(self._closed_message) if self._closed else error
 
     def _lost(self, message: str) -> Exception:
         """Mark the connection broken; the error says why, as well as :attr:`explain_loss` can."""
@@ -554,15 +599,18 @@ class Connection:
         closed_meanwhile = f"the client for {self.address} was closed while a request waited for its reply"
         if notify and not self._broken:
             channel = self._channel
-            if channel is not None and (channel.awaiting or channel.torn):
+            if channel is not None and (channel.awaiting or channel.torn or self._queued):
                 # A reply is still owed (an interrupted request): say goodbye over zmq instead of
                 # waiting for it. The server releases the session once that request is answered.
+                # Requests queued behind it are dropped (they never reached the server).
+                self._queued.clear()
                 channel.close(closed_meanwhile)
                 self._channel = None
             try:
                 self.request(Request.CLOSE, timeout=1.0)
             except Exception:  # the server may be gone already; closing must still succeed
                 pass
+        self._closed_message = closed_meanwhile
         self._closed = True
         self._heartbeat_stop.set()
         if self._heartbeat is not None:
@@ -580,21 +628,35 @@ def wait_any(connections: Sequence[Connection], timeout_ms: int) -> set[Connecti
     zmq connections are polled together as usual. Shared-memory replies cannot wake a zmq
     poll, so with any such connection this looks at all of them in turns: spinning briefly,
     then sleeping on one channel at a time for a millisecond (a reply on that one wakes it at
-    once, the others are seen within the millisecond).
+    once, the others are seen within the millisecond). A connection closed (by another thread)
+    raises ``ConnectionError``.
     """
+    for connection in connections:
+        connection._settle()  # what an interrupt cut short; a connection may move to zmq here
     channels = [c for c in connections if c.transport == "shm"]
     sockets = {c.socket: c for c in connections if c.transport != "shm"}
     poller = zmq.Poller()
     for socket in sockets:
         poller.register(socket, zmq.POLLIN)
+
+    def poll(timeout: int) -> set[Connection]:
+        try:
+            polled = poller.poll(timeout)
+        except zmq.ZMQError as error:
+            raise next((c._closed_under(error) for c in connections if c._closed), error) from None
+        for connection in connections:
+            if connection._closed:
+                raise ConnectionError(connection._closed_message)
+        return {sockets[socket] for socket, _ in polled}
+
     if not channels:
-        return {sockets[socket] for socket, _ in poller.poll(timeout_ms)}
+        return poll(timeout_ms)
     deadline = time.monotonic() + timeout_ms / 1000
     turn = 0
     while True:
         ready = {c for c in channels if c.ready()}
         if sockets:
-            ready |= {sockets[socket] for socket, _ in poller.poll(0)}
+            ready |= poll(0)
         left = deadline - time.monotonic()
         if ready or left <= 0:
             return ready

@@ -529,15 +529,16 @@ class Channel:
         """
         try:
             box, view = self._in_word, self._view
+            # Read before the message counts as taken: an interrupt at this call leaves it waiting.
+            total, length, count, size = _SINGLE.unpack_from(view, self._in_data)
             self._seen = (self._seen + 1) & _MASK
+            if count == 1 and total == length == size + 12 and size <= self._single_room:
+                at = self._in_data + _SINGLE.size
+                self.awaiting = False
+                return [self._memory[at:at + size]]  # one frame: the codec header, as bytes
             # Torn until the message is taken whole: cut off before that, its pieces would be left
             # unacknowledged for a peer that waits for them.
             self.awaiting, self.torn = False, True
-            total, length, count, size = _SINGLE.unpack_from(view, self._in_data)
-            if count == 1 and total == length == size + 12 and size <= self._single_room:
-                at = self._in_data + _SINGLE.size
-                self.torn = False
-                return [self._memory[at:at + size]]  # one frame: the codec header, as bytes
             total, length = self._chunk()
             start = self._in_data + _CHUNK_HEAD.size
             if length == total:

@@ -26,6 +26,7 @@ import torch
 import zmq
 
 import rlmesh
+import rlmesh.client.multi as multi
 import rlmesh.numpy as rnp
 import rlmesh.torch as rtorch
 from rlmesh import EnvServer
@@ -557,6 +558,152 @@ def test_a_queued_request_cut_off_in_pieces_by_ctrl_c_goes_over_zmq(spawn_server
         connection.close()
 
 
+def test_ctrl_c_as_a_reply_in_one_piece_is_read_leaves_it_there(
+        spawn_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interrupt at the read of a reply's header: the reply was not taken, so the next wait
+    takes it, and the client stays on shared memory (nothing was cut off)."""
+    server = spawn_server("recorder")
+    connection = _connection(server.address, "shm")
+    real = shm._SINGLE
+
+    class InterruptedOnce:
+        size = real.size
+        pack_into = real.pack_into
+
+        def unpack_from(self, *args: Any) -> Any:
+            monkeypatch.setattr(shm, "_SINGLE", real)
+            raise KeyboardInterrupt
+
+    try:
+        request = connection.send(Request.STEP, 0)
+        monkeypatch.setattr(shm, "_SINGLE", InterruptedOnce())
+        with pytest.raises(KeyboardInterrupt):
+            connection.wait_reply(request, 5)
+        done, reply = connection.wait_reply(request, 5)
+        assert done and reply[4]["executed"] == [0]
+        assert connection.transport == "shm"
+    finally:
+        connection.close()
+
+
+def _tear_the_next_queued_write(channel: shm.Channel) -> None:
+    """Ctrl-C while the next request (in pieces) goes into the channel: waiting for its second
+    piece's turn."""
+    real_send = channel.send
+
+    def send(frames: Any, **kwargs: Any) -> None:
+        channel.send = real_send  # type: ignore[method-assign]
+        _interrupt_next_wait(channel)
+        real_send(frames, **kwargs)
+
+    channel.send = send  # type: ignore[method-assign]
+
+
+def _queue_behind_a_slow_step(connection: Connection, *payloads: tuple[str, Any]) -> list[int]:
+    """Send a 0.5 s step, give up waiting, and queue ``payloads`` behind it; return all ids."""
+    first = connection.send(Request.STEP, 1)
+    assert connection.wait_reply(first, 0.1) == (False, None)
+    return [first, *(connection.send(kind, payload) for kind, payload in payloads)]
+
+
+_LOAD = (Request.CALL, {"name": "load", "args": [b"x" * (2 << 20)], "kwargs": {}})  # pieces
+
+
+def test_ctrl_c_again_while_the_queue_moves_to_zmq_loses_nothing(spawn_server: Any) -> None:
+    """A second Ctrl-C lands as the queued requests are handed to zmq (leaving a torn channel):
+    the rest are sent by the next wait, each once, in order."""
+    server = spawn_server("recorder", env_kwargs={"slow": 0.5})
+    connection = _connection(server.address, "shm")
+    try:
+        channel = connection._channel
+        assert channel is not None
+        first, big, third = _queue_behind_a_slow_step(connection, _LOAD, (Request.STEP, 2))
+        _tear_the_next_queued_write(channel)
+        with pytest.raises(KeyboardInterrupt):
+            connection.wait_reply(first, 5)
+        real = connection._send_frames
+
+        def interrupted(*args: Any, **kwargs: Any) -> None:
+            connection._send_frames = real  # type: ignore[method-assign]
+            raise KeyboardInterrupt
+
+        connection._send_frames = interrupted  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            connection.wait_reply(big, 5)
+        assert connection.transport == "zmq"
+        assert connection.wait_reply(big, 5) == (True, 2 << 20)
+        done, reply = connection.wait_reply(third, 5)
+        assert done and reply[4]["executed"] == [1, f"load {2 << 20}", 2]
+        assert connection.request(Request.STEP, 3)[4]["executed"] == [1, f"load {2 << 20}", 2, 3]
+    finally:
+        connection.close()
+
+
+def test_a_gather_sees_a_connection_that_left_a_torn_channel(spawn_server: Any) -> None:
+    """wait_any (the multi-endpoint gather's wait) moves a connection whose channel was torn to
+    zmq and reports the reply that comes there."""
+    server = spawn_server("recorder", env_kwargs={"slow": 0.5})
+    connection = _connection(server.address, "shm")
+    try:
+        channel = connection._channel
+        assert channel is not None
+        first, queued = _queue_behind_a_slow_step(connection, _LOAD)
+        _tear_the_next_queued_write(channel)
+        with pytest.raises(KeyboardInterrupt):
+            connection.wait_reply(first, 5)
+        started = time.monotonic()
+        assert wait_any([connection], 5000) == {connection}
+        assert time.monotonic() - started < 2.0
+        assert connection.transport == "zmq"
+        assert connection.poll_reply(queued) == (True, 2 << 20)
+    finally:
+        connection.close()
+
+
+def test_closing_after_ctrl_c_with_a_request_queued_frees_the_server_at_once(spawn_server: Any) -> None:
+    """Ctrl-C lands before a queued request goes in; close() (a finally block) says goodbye over
+    zmq at once instead of queuing it behind that request, so the next client gets the server."""
+    server = spawn_server("recorder", env_kwargs={"slow": 0.5})
+    connection = _connection(server.address, "shm")
+    channel = connection._channel
+    assert channel is not None
+    first, _ = _queue_behind_a_slow_step(connection, (Request.STEP, 1))
+    real_send = channel.send
+
+    def send(frames: Any, **kwargs: Any) -> None:
+        channel.send = real_send  # type: ignore[method-assign]
+        raise KeyboardInterrupt
+
+    channel.send = send  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        connection.wait_reply(first, 5)
+    started = time.monotonic()
+    connection.close()
+    assert time.monotonic() - started < 0.5
+    Connection(server.address, connect_timeout=2.0).close()  # a single-client server: free again
+
+
+def test_closing_from_another_thread_between_two_replies_is_a_connection_error(spawn_server: Any) -> None:
+    """A wait that just read a stale reply (and handed the queued request over) when another
+    thread closes the client ends with the documented ConnectionError."""
+    server = spawn_server("recorder", env_kwargs={"slow": 0.5})
+    connection = _connection(server.address, "shm")
+    _, queued = _queue_behind_a_slow_step(connection, (Request.STEP, 2))
+    real = connection._take_reply
+
+    def take(*args: Any) -> tuple[bool, Any]:
+        connection._take_reply = real  # type: ignore[method-assign]
+        result = real(*args)
+        closer = threading.Thread(target=connection.close)
+        closer.start()
+        closer.join()
+        return result
+
+    connection._take_reply = take  # type: ignore[method-assign, assignment]
+    with pytest.raises(ConnectionError, match="was closed while a request waited"):
+        connection.wait_reply(queued, 5)
+
+
 @pytest.mark.parametrize("transport", ["shm", "zmq"])
 def test_a_short_wait_during_a_reply_in_pieces_takes_it_whole(transport: str, spawn_server: Any) -> None:
     """The server pauses between two pieces of a reply (here: stopped for a second) while a
@@ -977,18 +1124,29 @@ def test_closing_a_client_from_another_thread_ends_its_waiting_request_with_a_co
     closer.join()
 
 
+@pytest.mark.parametrize("when", ["during the wait", "as the wait begins"])
+@pytest.mark.parametrize("transport", ["shm", "zmq"])
 def test_closing_a_multi_endpoint_env_from_another_thread_ends_its_gather_with_a_connection_error(
-        spawn_server: Any, clients: Any) -> None:
-    """The gather reads replies with poll_reply and wait_any, not receive: they too say why."""
+        transport: str, when: str, spawn_server: Any, clients: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gather reads replies with poll_reply and wait_any, not receive: they too say why,
+    also when its sockets were closed just before it polls them."""
     servers = [spawn_server("recorder", env_kwargs={"slow": 1.5}) for _ in range(2)]
-    envs = clients(rnp.MultiEndpointVectorEnv, [s.address for s in servers])
+    envs = clients(rnp.MultiEndpointVectorEnv, [s.address for s in servers], transport=transport)
     envs.reset(seed=0)
-    assert all(e.connection.transport == "shm" for e in envs._endpoints)
-    closer = threading.Timer(0.3, envs.close)
-    closer.start()
+    assert all(e.connection.transport == transport for e in envs._endpoints)
+    if when == "as the wait begins":
+        def closing_wait_any(connections: Any, timeout_ms: int) -> set[Any]:
+            monkeypatch.setattr(multi, "wait_any", wait_any)
+            closer = threading.Thread(target=envs.close)
+            closer.start()
+            closer.join()
+            return wait_any(connections, timeout_ms)
+
+        monkeypatch.setattr(multi, "wait_any", closing_wait_any)
+    else:
+        threading.Timer(0.3, envs.close).start()
     with pytest.raises(ConnectionError, match="was closed while a request waited"):
         envs.step(np.array([1, 1]))
-    closer.join()
 
 
 def _interrupt_next_wait(channel: shm.Channel) -> None:
@@ -1062,7 +1220,8 @@ def test_a_request_queued_behind_a_reply_cut_off_by_ctrl_c_is_answered_over_zmq(
         assert done and reply[4]["executed"] == [9, 2]
         assert connection.transport == "zmq"
         assert connection.request(Request.STEP, 3)[4]["executed"] == [9, 2, 3]
-        assert connection.wait_reply(cut_off, 0.5) == (False, None)  # its reply is gone for good
+        with pytest.raises(ConnectionError, match="reply is lost"):  # its reply is gone for good
+            connection.wait_reply(cut_off, 0.5)
     finally:
         connection.close()
 
