@@ -490,6 +490,42 @@ def test_a_request_sent_while_a_reply_is_owed_goes_in_after_it(transport: str, s
         connection.close()
 
 
+def _tear_the_next_queued_write(channel: shm.Channel) -> None:
+    """Ctrl-C while the next request (in pieces) goes into the channel: waiting for its second
+    piece's turn."""
+    real_send = channel.send
+
+    def send(frames: Any, **kwargs: Any) -> None:
+        channel.send = real_send  # type: ignore[method-assign]
+        _interrupt_next_wait(channel)
+        real_send(frames, **kwargs)
+
+    channel.send = send  # type: ignore[method-assign]
+
+
+def _interrupt_the_next_write(channel: shm.Channel, *, written: bool) -> None:
+    """Ctrl-C at the entry of the channel's next write, or (``written``) right after it."""
+    real_send = channel.send
+
+    def send(frames: Any, **kwargs: Any) -> None:
+        channel.send = real_send  # type: ignore[method-assign]
+        if written:
+            real_send(frames, **kwargs)
+        raise KeyboardInterrupt
+
+    channel.send = send  # type: ignore[method-assign]
+
+
+def _queue_behind_a_slow_step(connection: Connection, *payloads: tuple[str, Any]) -> list[int]:
+    """Send a 0.5 s step, give up waiting, and queue ``payloads`` behind it; return all ids."""
+    first = connection.send(Request.STEP, 1)
+    assert connection.wait_reply(first, 0.1) == (False, None)
+    return [first, *(connection.send(kind, payload) for kind, payload in payloads)]
+
+
+_LOAD = (Request.CALL, {"name": "load", "args": [b"x" * (2 << 20)], "kwargs": {}})  # pieces
+
+
 @pytest.mark.parametrize("reader", ["wait_reply", "a gather (wait_any, poll_reply)"])
 @pytest.mark.parametrize("where", ["before it is written", "after it is written"])
 def test_ctrl_c_while_a_queued_request_goes_in_neither_loses_nor_repeats_it(
@@ -502,18 +538,8 @@ def test_ctrl_c_while_a_queued_request_goes_in_neither_loses_nor_repeats_it(
     try:
         channel = connection._channel
         assert channel is not None
-        first = connection.send(Request.STEP, 1)
-        assert connection.wait_reply(first, 0.1) == (False, None)
-        queued = connection.send(Request.STEP, 2)
-        real_send = channel.send
-
-        def send(frames: Any, **kwargs: Any) -> None:
-            channel.send = real_send  # type: ignore[method-assign]
-            if where == "after it is written":
-                real_send(frames, **kwargs)
-            raise KeyboardInterrupt
-
-        channel.send = send  # type: ignore[method-assign]
+        first, queued = _queue_behind_a_slow_step(connection, (Request.STEP, 2))
+        _interrupt_the_next_write(channel, written=where == "after it is written")
         with pytest.raises(KeyboardInterrupt):
             connection.wait_reply(first, 5)  # read, and lost to the interrupt as over zmq
         if reader == "wait_reply":
@@ -528,32 +554,30 @@ def test_ctrl_c_while_a_queued_request_goes_in_neither_loses_nor_repeats_it(
         connection.close()
 
 
-def test_a_queued_request_cut_off_in_pieces_by_ctrl_c_goes_over_zmq(spawn_server: Any) -> None:
+@pytest.mark.parametrize("reader", ["wait_reply", "a gather (wait_any, poll_reply)"])
+def test_a_queued_request_cut_off_in_pieces_by_ctrl_c_goes_over_zmq(reader: str, spawn_server: Any) -> None:
     """Ctrl-C lands while a queued request in pieces is written: the server never got it whole
-    (so never ran it), and it goes over zmq with the client; its wait gets the reply."""
+    (so never ran it), and it goes over zmq with the client; its wait gets the reply. The
+    multi-endpoint gather's wait (wait_any) makes the move too, and reports the reply."""
     server = spawn_server("recorder", env_kwargs={"slow": 0.5})
     connection = _connection(server.address, "shm")
     try:
         channel = connection._channel
         assert channel is not None
-        first = connection.send(Request.STEP, 1)
-        assert connection.wait_reply(first, 0.1) == (False, None)
-        data = b"x" * (2 << 20)  # pieces through a 1 MiB segment
-        queued = connection.send(Request.CALL, {"name": "load", "args": [data], "kwargs": {}})
-        real_send = channel.send
-
-        def send(frames: Any, **kwargs: Any) -> None:  # interrupted waiting for its second piece's turn
-            channel.send = real_send  # type: ignore[method-assign]
-            _interrupt_next_wait(channel)
-            real_send(frames, **kwargs)
-
-        channel.send = send  # type: ignore[method-assign]
+        first, queued = _queue_behind_a_slow_step(connection, _LOAD)
+        _tear_the_next_queued_write(channel)
         with pytest.raises(KeyboardInterrupt):
             connection.wait_reply(first, 5)
         assert channel.torn
-        assert connection.wait_reply(queued, 5) == (True, len(data))
+        if reader == "wait_reply":
+            assert connection.wait_reply(queued, 5) == (True, 2 << 20)
+        else:
+            started = time.monotonic()
+            assert wait_any([connection], 5000) == {connection}
+            assert time.monotonic() - started < 2.0
+            assert connection.poll_reply(queued) == (True, 2 << 20)
         assert connection.transport == "zmq"
-        assert connection.request(Request.STEP, 3)[4]["executed"] == [1, f"load {len(data)}", 3]
+        assert connection.request(Request.STEP, 3)[4]["executed"] == [1, f"load {2 << 20}", 3]
     finally:
         connection.close()
 
@@ -586,29 +610,6 @@ def test_ctrl_c_as_a_reply_in_one_piece_is_read_leaves_it_there(
         connection.close()
 
 
-def _tear_the_next_queued_write(channel: shm.Channel) -> None:
-    """Ctrl-C while the next request (in pieces) goes into the channel: waiting for its second
-    piece's turn."""
-    real_send = channel.send
-
-    def send(frames: Any, **kwargs: Any) -> None:
-        channel.send = real_send  # type: ignore[method-assign]
-        _interrupt_next_wait(channel)
-        real_send(frames, **kwargs)
-
-    channel.send = send  # type: ignore[method-assign]
-
-
-def _queue_behind_a_slow_step(connection: Connection, *payloads: tuple[str, Any]) -> list[int]:
-    """Send a 0.5 s step, give up waiting, and queue ``payloads`` behind it; return all ids."""
-    first = connection.send(Request.STEP, 1)
-    assert connection.wait_reply(first, 0.1) == (False, None)
-    return [first, *(connection.send(kind, payload) for kind, payload in payloads)]
-
-
-_LOAD = (Request.CALL, {"name": "load", "args": [b"x" * (2 << 20)], "kwargs": {}})  # pieces
-
-
 def test_ctrl_c_again_while_the_queue_moves_to_zmq_loses_nothing(spawn_server: Any) -> None:
     """A second Ctrl-C lands as the queued requests are handed to zmq (leaving a torn channel):
     the rest are sent by the next wait, each once, in order."""
@@ -639,27 +640,6 @@ def test_ctrl_c_again_while_the_queue_moves_to_zmq_loses_nothing(spawn_server: A
         connection.close()
 
 
-def test_a_gather_sees_a_connection_that_left_a_torn_channel(spawn_server: Any) -> None:
-    """wait_any (the multi-endpoint gather's wait) moves a connection whose channel was torn to
-    zmq and reports the reply that comes there."""
-    server = spawn_server("recorder", env_kwargs={"slow": 0.5})
-    connection = _connection(server.address, "shm")
-    try:
-        channel = connection._channel
-        assert channel is not None
-        first, queued = _queue_behind_a_slow_step(connection, _LOAD)
-        _tear_the_next_queued_write(channel)
-        with pytest.raises(KeyboardInterrupt):
-            connection.wait_reply(first, 5)
-        started = time.monotonic()
-        assert wait_any([connection], 5000) == {connection}
-        assert time.monotonic() - started < 2.0
-        assert connection.transport == "zmq"
-        assert connection.poll_reply(queued) == (True, 2 << 20)
-    finally:
-        connection.close()
-
-
 def test_closing_after_ctrl_c_with_a_request_queued_frees_the_server_at_once(spawn_server: Any) -> None:
     """Ctrl-C lands before a queued request goes in; close() (a finally block) says goodbye over
     zmq at once instead of queuing it behind that request, so the next client gets the server."""
@@ -668,13 +648,7 @@ def test_closing_after_ctrl_c_with_a_request_queued_frees_the_server_at_once(spa
     channel = connection._channel
     assert channel is not None
     first, _ = _queue_behind_a_slow_step(connection, (Request.STEP, 1))
-    real_send = channel.send
-
-    def send(frames: Any, **kwargs: Any) -> None:
-        channel.send = real_send  # type: ignore[method-assign]
-        raise KeyboardInterrupt
-
-    channel.send = send  # type: ignore[method-assign]
+    _interrupt_the_next_write(channel, written=False)
     with pytest.raises(KeyboardInterrupt):
         connection.wait_reply(first, 5)
     started = time.monotonic()
