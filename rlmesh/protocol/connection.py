@@ -13,6 +13,7 @@ same either way.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import threading
@@ -112,6 +113,8 @@ class Connection:
         self._pending_kind = ""
         self._closed = False
         self._closed_message = "the client is closed"
+        #: The thread in :meth:`close`: from then on the socket is its alone (see :class:`_SocketUse`).
+        self._closer: int | None = None
         self._broken: str | None = None
         self._lost_error: Exception | None = None
         self._channel: shm.Channel | None = None
@@ -126,6 +129,9 @@ class Connection:
         #: Turns "lost the connection" into a truer error: a sandbox asks its engine what happened.
         self.explain_loss: Callable[[str], Exception] | None = None
         self._context: zmq.Context[Any] = zmq.Context.instance()
+        #: Held by whoever uses the socket or its monitor; see :class:`_SocketUse`.
+        self._socket_lock = threading.Lock()
+        self._socket_use = _SocketUse(self)
         self._socket = self._socket_for(endpoint)
         self._monitor = self._socket.get_monitor_socket(_MONITORED)
         self._connected = False
@@ -259,26 +265,27 @@ class Connection:
         return self._request_id
 
     def _send_frames(self, frames: list[Any], timeout: float | None, connecting: bool, *,
-                     dequeue: bool = False) -> None:
+                     dequeue: collections.deque[Any] | None = None) -> None:
         """Queue ``frames`` on the socket. zmq queues at once while it has a connection (or is
         still making one); it has none after a failed key handshake, and would block for good.
         So wait in slices, asking the monitor why, up to ``timeout`` (default request_timeout).
 
-        ``dequeue``: ``frames`` are the first queued request (:meth:`_send_queued_over_zmq`),
-        taken off the queue as they go out."""
+        ``dequeue``: ``frames`` are the first request of this queue (:meth:`_send_queued_over_zmq`),
+        taken off it as they go out."""
         wait = self.request_timeout if timeout is None else timeout
         deadline = deadline_in(wait)
         while True:
             try:
-                if dequeue or len(frames) > 1:
+                if dequeue is not None or len(frames) > 1:
                     # Ctrl-C held back: a message's frames go out together (zmq would join the
                     # rest of a cut-off one to the next), and a queued one leaves the queue with them.
-                    with interrupts.held():
+                    with interrupts.held(), self._socket_use:
                         send_frames(self._socket, frames)
-                        if dequeue:
-                            self._queued.popleft()
+                        if dequeue is not None:
+                            dequeue.popleft()
                 else:
-                    send_frames(self._socket, frames)
+                    with self._socket_use:
+                        send_frames(self._socket, frames)
                 return
             except zmq.Again:
                 self._check_monitor(connecting)
@@ -302,7 +309,8 @@ class Connection:
         while True:
             # Blocking receives of at most RECEIVE_SLICE_MS each: between them, look at the monitor.
             try:
-                frames = recv_frames(socket)
+                with self._socket_use:
+                    frames = recv_frames(socket)
             except zmq.Again:
                 self._check_monitor(connecting)
                 if deadline is not None and time.monotonic() >= deadline:
@@ -310,8 +318,6 @@ class Connection:
                         self.mark_timed_out(wait or 0.0)
                     raise TimeoutError(self._broken or f"no reply from {self.address}") from None
                 continue
-            except zmq.ZMQError as error:
-                raise self._closed_under(error) from None
             done, result = self._reply_to(request_id, frame_contents(frames))
             if done:
                 return result
@@ -419,8 +425,9 @@ class Connection:
         """Send the requests queued for a channel this client left, in order. Each leaves the
         queue as it goes out, Ctrl-C held back between the two: none is lost or sent twice, and
         the rest of a drain cut short goes with the next request or wait."""
-        while self._queued:
-            self._send_frames(self._queued[0][1], None, False, dequeue=True)
+        queued = self._queued
+        while queued:
+            self._send_frames(queued[0][1], None, False, dequeue=queued)
 
     def _alive_until(self, deadline: float | None) -> Callable[[], None]:
         """What a message that travels in chunks checks while it waits on the server: the
@@ -448,10 +455,8 @@ class Connection:
         socket = self._socket
         while True:
             slice_ms = max(0, min(RECEIVE_SLICE_MS, int((deadline - time.monotonic()) * 1000) + 1))
-            try:
+            with self._socket_use:
                 polled = socket.poll(slice_ms)
-            except zmq.ZMQError as error:
-                raise self._closed_under(error) from None
             if polled:
                 done, value = self.poll_reply(request_id)
                 if done:
@@ -476,11 +481,10 @@ class Connection:
         flags = 0 if block else _NOBLOCK
         while True:
             try:
-                frames = recv_frames(self._socket, flags)
+                with self._socket_use:
+                    frames = recv_frames(self._socket, flags)
             except zmq.Again:
                 return False, None
-            except zmq.ZMQError as error:
-                raise self._closed_under(error) from None
             done, result = self._reply_to(request_id, frame_contents(frames))
             if done:
                 return True, result
@@ -519,12 +523,10 @@ class Connection:
 
     def _check_monitor(self, connecting: bool) -> None:
         while True:
-            try:
+            with self._socket_use:
                 if not self._monitor.poll(0):
                     return
                 message = parse_monitor_message(self._monitor.recv_multipart())
-            except zmq.ZMQError as error:
-                raise self._closed_under(error) from None
             event = message["event"]
             if event in _HANDSHAKE_FAILED:  # a key is wrong or missing: retrying cannot help
                 refused = handshake_error(event, int(message["value"]), self.endpoint, self.address, self._keys)
@@ -535,10 +537,6 @@ class Connection:
             elif event == zmq.EVENT_DISCONNECTED and self._connected and not connecting:
                 raise self._lost(f"lost the connection to the server at {self.address} (it stopped "
                                  "or crashed); start it again and create a new client")
-
-    def _closed_under(self, error: Exception) -> Exception:
-        """What an error from a socket means if :meth:`close` (in another thread) closed it meanwhile."""
-        return ConnectionError(self._closed_message) if self._closed else error
 
     def _lost(self, message: str) -> Exception:
         """Mark the connection broken; the error says why, as well as :attr:`explain_loss` can."""
@@ -597,21 +595,25 @@ class Connection:
             return
         # What a request still waiting on the channel in another thread raises.
         closed_meanwhile = f"the client for {self.address} was closed while a request waited for its reply"
+        with self._socket_lock:  # a wait in another thread stops now, not after taking the goodbye's reply
+            self._closed_message = closed_meanwhile
+            self._closer = threading.get_ident()
+        # Requests still queued are dropped (they never reached the server). A new queue: a wait
+        # in another thread may still be taking from the old one, and the goodbye must not.
+        queued, self._queued = self._queued, collections.deque()
         if notify and not self._broken:
             channel = self._channel
-            if channel is not None and (channel.awaiting or channel.torn or self._queued):
+            if channel is not None and (channel.awaiting or channel.torn or queued):
                 # A reply is still owed (an interrupted request): say goodbye over zmq instead of
                 # waiting for it. The server releases the session once that request is answered.
-                # Requests queued behind it are dropped (they never reached the server).
-                self._queued.clear()
                 channel.close(closed_meanwhile)
                 self._channel = None
             try:
                 self.request(Request.CLOSE, timeout=1.0)
             except Exception:  # the server may be gone already; closing must still succeed
                 pass
-        self._closed_message = closed_meanwhile
-        self._closed = True
+        with self._socket_lock:
+            self._closed = True
         self._heartbeat_stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=1.0)
@@ -640,13 +642,10 @@ def wait_any(connections: Sequence[Connection], timeout_ms: int) -> set[Connecti
         poller.register(socket, zmq.POLLIN)
 
     def poll(timeout: int) -> set[Connection]:
-        try:
+        with contextlib.ExitStack() as using:
+            for connection in sockets.values():
+                using.enter_context(connection._socket_use)
             polled = poller.poll(timeout)
-        except zmq.ZMQError as error:
-            raise next((c._closed_under(error) for c in connections if c._closed), error) from None
-        for connection in connections:
-            if connection._closed:
-                raise ConnectionError(connection._closed_message)
         return {sockets[socket] for socket, _ in polled}
 
     if not channels:
@@ -662,3 +661,26 @@ def wait_any(connections: Sequence[Connection], timeout_ms: int) -> set[Connecti
             return ready
         channels[turn % len(channels)].wait_channel(min(left, 0.001))
         turn += 1
+
+
+class _SocketUse:
+    """``with``: this thread uses the connection's socket (or its monitor) for one operation of
+    at most a receive slice. zmq sockets are not thread-safe, and libzmq aborts the process on
+    a socket closed under a poll: :meth:`Connection.close` from another thread waits for such a
+    use, and every use by another thread after it begins raises ``ConnectionError`` (its
+    goodbye's reply is its own)."""
+
+    __slots__ = ("_connection",)
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    def __enter__(self) -> None:
+        connection = self._connection
+        connection._socket_lock.acquire()
+        if connection._closed or (connection._closer is not None and connection._closer != threading.get_ident()):
+            connection._socket_lock.release()
+            raise ConnectionError(connection._closed_message)
+
+    def __exit__(self, *exc: object) -> None:
+        self._connection._socket_lock.release()

@@ -529,22 +529,24 @@ class Channel:
         """
         try:
             box, view = self._in_word, self._view
-            # Read before the message counts as taken: an interrupt at this call leaves it waiting.
+            # The head (chunk head, then what a one-frame message has) is read before the message
+            # counts as taken, and nothing is called from there until it is taken whole (the
+            # common cases): an interrupt at this call leaves it waiting, not torn.
             total, length, count, size = _SINGLE.unpack_from(view, self._in_data)
             self._seen = (self._seen + 1) & _MASK
             if count == 1 and total == length == size + 12 and size <= self._single_room:
                 at = self._in_data + _SINGLE.size
                 self.awaiting = False
                 return [self._memory[at:at + size]]  # one frame: the codec header, as bytes
-            # Torn until the message is taken whole: cut off before that, its pieces would be left
-            # unacknowledged for a peer that waits for them.
-            self.awaiting, self.torn = False, True
-            total, length = self._chunk()
             start = self._in_data + _CHUNK_HEAD.size
-            if length == total:
+            if 0 < length == total <= self.capacity - _CHUNK_HEAD.size:
+                self.awaiting = False
                 data: memoryview = view[start:start + total]
-                self.torn = False
             else:
+                # Torn until the message is taken whole: cut off before that, its pieces would be
+                # left unacknowledged for a peer that waits for them.
+                self.awaiting, self.torn = False, True
+                self._check_chunk(total, length)
                 # Gathered as it comes, never allocated up front: a peer announcing a huge message
                 # must actually write it, as it would have to over a socket.
                 parts, got = [bytes(view[start:start + length])], length
@@ -574,9 +576,12 @@ class Channel:
 
     def _chunk(self) -> tuple[int, int]:
         total, length = _CHUNK_HEAD.unpack_from(self._view, self._in_data)
+        self._check_chunk(total, length)
+        return total, length
+
+    def _check_chunk(self, total: int, length: int) -> None:
         if not 0 < length <= min(total, self.capacity - _CHUNK_HEAD.size):
             raise ProtocolError(f"the shared-memory peer sent a chunk of {length} bytes (of {total})")
-        return total, length
 
     def close(self, reason: str | None = None) -> None:
         """Unmap the segment (and remove its name, if this end still has it). A call still using

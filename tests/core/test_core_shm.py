@@ -7,6 +7,8 @@ for every space kind and backend, segment hygiene on every kill path, and hostil
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import os
 import signal
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +29,11 @@ import torch
 import zmq
 
 import rlmesh
-import rlmesh.client.multi as multi
 import rlmesh.numpy as rnp
 import rlmesh.torch as rtorch
 from rlmesh import EnvServer
-from rlmesh.errors import ProtocolError
+from rlmesh.client import multi
+from rlmesh.errors import ProtocolError, ServerBusyError
 from rlmesh.protocol import shm
 from rlmesh.protocol.connection import Connection, wait_any
 from rlmesh.protocol.messages import PROTOCOL_GENERATION, Request
@@ -582,12 +585,8 @@ def test_a_queued_request_cut_off_in_pieces_by_ctrl_c_goes_over_zmq(reader: str,
         connection.close()
 
 
-def test_ctrl_c_as_a_reply_in_one_piece_is_read_leaves_it_there(
-        spawn_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An interrupt at the read of a reply's header: the reply was not taken, so the next wait
-    takes it, and the client stays on shared memory (nothing was cut off)."""
-    server = spawn_server("recorder")
-    connection = _connection(server.address, "shm")
+def _interrupt_the_next_head_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C at the read of the next message's head, in this process's channels."""
     real = shm._SINGLE
 
     class InterruptedOnce:
@@ -598,13 +597,57 @@ def test_ctrl_c_as_a_reply_in_one_piece_is_read_leaves_it_there(
             monkeypatch.setattr(shm, "_SINGLE", real)
             raise KeyboardInterrupt
 
+    monkeypatch.setattr(shm, "_SINGLE", InterruptedOnce())
+
+
+def _interrupted_at_call(k: int, run: Callable[[], Any]) -> bool:
+    """Run ``run`` with KeyboardInterrupt raised at the ``k``-th call of a Python or C function
+    in rlmesh's code (where Python delivers a Ctrl-C); return whether it got that far. (Not in
+    other code: a garbage collector's callback, say, would swallow it.)"""
+    count = 0
+    ours = os.path.dirname(rlmesh.__file__)
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        nonlocal count
+        if event in ("call", "c_call") and frame.f_code.co_filename.startswith(ours):
+            count += 1
+            if count == k:
+                sys.setprofile(None)
+                raise KeyboardInterrupt
+
+    sys.setprofile(profile)
     try:
-        request = connection.send(Request.STEP, 0)
-        monkeypatch.setattr(shm, "_SINGLE", InterruptedOnce())
-        with pytest.raises(KeyboardInterrupt):
-            connection.wait_reply(request, 5)
-        done, reply = connection.wait_reply(request, 5)
-        assert done and reply[4]["executed"] == [0]
+        run()
+    except KeyboardInterrupt:
+        if count != k:
+            raise
+    finally:
+        sys.setprofile(None)
+    return count >= k
+
+
+@pytest.mark.parametrize("frames", ["one", "several"])
+def test_ctrl_c_at_any_call_while_a_reply_in_one_piece_is_read_keeps_the_channel(
+        frames: str, spawn_server: Any) -> None:
+    """Wherever Ctrl-C lands while a reply in one piece is read, at each call in turn: the
+    reply is either left whole for the next wait or taken (and lost to the interrupt, as over
+    zmq); the channel is never taken for torn, so the client stays on shared memory. Several
+    frames: a 64 KiB observation travels beside the header, in the same piece."""
+    server = spawn_server("recorder") if frames == "one" else spawn_server("big_obs", env_kwargs={"nbytes": 1 << 16})
+    connection = _connection(server.address, "shm")
+    channel = connection._channel
+    assert channel is not None
+    try:
+        for k in itertools.count(1):
+            request = connection.send(Request.STEP, 0)
+            while not channel.ready():  # the reply is in: the wait below takes the same steps each time
+                time.sleep(0.001)
+            if not _interrupted_at_call(k, functools.partial(connection.wait_reply, request, 5)):
+                break  # the wait ran whole: every call in it was tried
+            assert not channel.torn, f"interrupted at call {k}"
+            if channel.awaiting:  # not taken: the next wait gets it
+                assert connection.wait_reply(request, 5)[0], f"interrupted at call {k}"
+        assert k > 10  # the profile saw the wait's calls
         assert connection.transport == "shm"
     finally:
         connection.close()
@@ -1123,6 +1166,126 @@ def test_closing_a_multi_endpoint_env_from_another_thread_ends_its_gather_with_a
         envs.step(np.array([1, 1]))
 
 
+_CLOSED_UNDER_WAITS = r"""
+import collections, sys, threading
+import numpy as np
+import rlmesh.numpy as rnp
+from rlmesh.protocol.connection import Connection
+from rlmesh.protocol.messages import Request
+addresses, transport, notify = sys.argv[1].split(","), sys.argv[2], sys.argv[3] == "notify"
+outcomes = collections.Counter()
+for round in range(8):
+    if len(addresses) == 1:
+        client = Connection(addresses[0], transport=transport)
+        client.request(Request.RESET, {"seed": 0, "options": None})
+        wait = lambda: client.receive(client.send(Request.STEP, 1))
+        close = lambda: client.close(notify=notify)
+    else:
+        client = rnp.MultiEndpointVectorEnv(addresses, transport=transport)
+        client.reset(seed=0)
+        wait, close = (lambda: client.step(np.array([1, 1]))), client.close
+    closer = threading.Timer(0.05 * (round % 4), close)  # within the 0.5 s step, or before it
+    closer.start()
+    try:
+        wait()
+        outcomes["answered"] += 1
+    except ConnectionError:
+        outcomes["ConnectionError"] += 1
+    except BaseException as error:
+        outcomes[type(error).__name__] += 1
+    closer.join()
+print(dict(outcomes))
+"""
+
+
+@pytest.mark.parametrize("client", ["one connection", "one connection, close(notify=False)",
+                                    "a multi-endpoint env"])
+@pytest.mark.parametrize("transport", ["zmq", "shm"])
+def test_closing_from_another_thread_again_and_again_never_breaks_the_process(
+        transport: str, client: str, spawn_server: Any) -> None:
+    """zmq sockets are not thread-safe: closing one under another thread's receive or poll made
+    libzmq abort the process. Each round ends in the reply or ConnectionError, nothing else."""
+    servers = [spawn_server("recorder", env_kwargs={"slow": 0.5}, max_sessions=30, factory=True)
+               for _ in range(2 if client == "a multi-endpoint env" else 1)]
+    notify = "nonotify" if "notify=False" in client else "notify"
+    out = subprocess.run([sys.executable, "-c", _CLOSED_UNDER_WAITS, ",".join(s.address for s in servers),
+                          transport, notify], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    outcomes = json.loads(out.stdout.strip().splitlines()[-1].replace("'", '"'))
+    assert set(outcomes) <= {"answered", "ConnectionError"} and sum(outcomes.values()) == 8, outcomes
+    assert outcomes.get("ConnectionError", 0) >= 4, outcomes  # the closes land before the reply
+
+
+def test_closing_from_another_thread_as_a_queued_request_goes_in(spawn_server: Any) -> None:
+    """close() in another thread while the waiting thread hands the queued request to the
+    channel: the wait gets its reply (read already) or ConnectionError, not IndexError."""
+    server = spawn_server("recorder", env_kwargs={"slow": 0.5})
+    connection = _connection(server.address, "shm")
+    channel = connection._channel
+    assert channel is not None
+    first, _ = _queue_behind_a_slow_step(connection, (Request.STEP, 2))
+    real_send = channel.send
+
+    def send(frames: Any, **kwargs: Any) -> None:
+        channel.send = real_send  # type: ignore[method-assign]
+        real_send(frames, **kwargs)
+        closer = threading.Thread(target=connection.close)  # runs while this thread is here
+        closer.start()
+        closer.join()
+
+    channel.send = send  # type: ignore[method-assign]
+    try:
+        done, reply = connection.wait_reply(first, 5)
+        assert done and reply[4]["executed"] == [1]
+    except ConnectionError as error:
+        assert "was closed while a request waited" in str(error)
+
+
+def test_closing_from_another_thread_while_the_queue_moves_to_zmq_runs_nothing_twice(
+        spawn_server: Any) -> None:
+    """close() in another thread while the waiting thread sends the queued requests over zmq
+    (after a torn channel): the goodbye does not send them too."""
+    server = spawn_server("recorder", env_kwargs={"slow": 0.5})
+    connection = _connection(server.address, "shm")
+    channel = connection._channel
+    assert channel is not None
+    first, big, _ = _queue_behind_a_slow_step(connection, _LOAD, (Request.STEP, 2))
+    _tear_the_next_queued_write(channel)
+    with pytest.raises(KeyboardInterrupt):
+        connection.wait_reply(first, 5)
+    real = connection._send_frames
+    closers: list[threading.Thread] = []
+
+    def send_frames(*args: Any, **kwargs: Any) -> None:
+        connection._send_frames = real  # type: ignore[method-assign]
+        closers.append(threading.Thread(target=connection.close))
+        closers[0].start()
+        time.sleep(0.2)  # the closer runs meanwhile
+        real(*args, **kwargs)
+
+    connection._send_frames = send_frames  # type: ignore[method-assign]
+    try:
+        connection.wait_reply(big, 5)
+    except ConnectionError as error:
+        assert "was closed while a request waited" in str(error)
+    closers[0].join()
+    deadline = time.monotonic() + 10
+    while True:  # the server takes the next client once the last request ran
+        try:
+            after = Connection(server.address, transport="zmq", connect_timeout=2.0)
+            break
+        except ServerBusyError:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    try:
+        executed = after.request(Request.STEP, 3)[4]["executed"]
+    finally:
+        after.close()
+    # Each ran once at most, in order (the queued ones may or may not have gone before the close).
+    queued_ran = executed[1:-1]
+    assert executed[0] == 1 and executed[-1] == 3 and queued_ran == [f"load {2 << 20}", 2][:len(queued_ran)], executed
+
+
 def _interrupt_next_wait(channel: shm.Channel) -> None:
     """Raise KeyboardInterrupt from the channel's next wait, where a real Ctrl-C lands."""
     real = channel._wait
@@ -1146,27 +1309,32 @@ def _interrupt_after_first_piece(channel: shm.Channel) -> None:
     channel.receive = receive  # type: ignore[method-assign]
 
 
-@pytest.mark.parametrize("where", ["taking the first piece", "waiting for the next piece"])
+@pytest.mark.parametrize("where", ["reading its head", "taking the first piece", "waiting for the next piece"])
 def test_a_reply_cut_off_in_pieces_by_ctrl_c_leaves_the_client_working_over_zmq(
-        where: str, spawn_server: Any, clients: Any) -> None:
+        where: str, spawn_server: Any, clients: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     server = spawn_server("recorder")
     env = clients(rnp.RemoteEnv, server.address)
     env.reset(seed=0)
     channel = env._connection._channel
-    if where == "taking the first piece":  # the 3 MiB reply's first piece is counted, not yet read
-        real_chunk = channel._chunk
+    if where == "waiting for the next piece":
+        _interrupt_after_first_piece(channel)
+    elif where == "reading its head":  # of the 3 MiB reply: nothing is taken yet
+        _interrupt_the_next_head_read(monkeypatch)
+    else:  # its first piece is taken, not yet acknowledged
+        real_post = channel._post
 
-        def chunk() -> tuple[int, int]:
-            channel._chunk = real_chunk  # type: ignore[method-assign]
+        def post(*args: Any) -> None:
+            channel._post = real_post  # type: ignore[method-assign]
             raise KeyboardInterrupt
 
-        channel._chunk = chunk  # type: ignore[method-assign]
-    else:
-        _interrupt_after_first_piece(channel)
+        channel._post = post  # type: ignore[method-assign]
     with pytest.raises(KeyboardInterrupt):
         env.step(9)
-    assert channel.torn
+    assert channel.torn == (where != "reading its head")
     assert env.step(3)[4]["executed"] == [9, 3]  # its own reply, not the rest of the cut-off one
+    if where == "reading its head":  # the reply was left whole in the channel, and read (and dropped) there
+        assert env.transport == "shm"
+        return
     assert env.transport == "zmq"
     assert env.step(4)[4]["executed"] == [9, 3, 4]
     deadline = time.monotonic() + 5  # the server's channel thread ended with the hang-up
