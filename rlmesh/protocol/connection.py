@@ -600,12 +600,13 @@ class Connection:
             self._closer = threading.get_ident()
         # Requests still queued are dropped (they never reached the server). A new queue: a wait
         # in another thread may still be taking from the old one, and the goodbye must not.
-        queued, self._queued = self._queued, collections.deque()
+        self._queued = collections.deque()
         if notify and not self._broken:
             channel = self._channel
-            if channel is not None and (channel.awaiting or channel.torn or queued):
-                # A reply is still owed (an interrupted request): say goodbye over zmq instead of
-                # waiting for it. The server releases the session once that request is answered.
+            if channel is not None:
+                # The goodbye goes over zmq, never through the channel: a reply may still be owed
+                # there (an interrupted request; the server releases the session once it is
+                # answered), or another thread may be using it (close from a watchdog).
                 channel.close(closed_meanwhile)
                 self._channel = None
             try:
