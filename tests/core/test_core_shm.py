@@ -529,6 +529,19 @@ def _queue_behind_a_slow_step(connection: Connection, *payloads: tuple[str, Any]
 _LOAD = (Request.CALL, {"name": "load", "args": [b"x" * (2 << 20)], "kwargs": {}})  # pieces
 
 
+def _torn_behind_a_slow_step(connection: Connection, *payloads: tuple[str, Any]) -> list[int]:
+    """A slow step, then a 2 MiB call queued behind it that Ctrl-C cuts off as it goes into the
+    channel (torn), and ``payloads`` queued behind that; return all ids."""
+    channel = connection._channel
+    assert channel is not None
+    ids = _queue_behind_a_slow_step(connection, _LOAD, *payloads)
+    _tear_the_next_queued_write(channel)
+    with pytest.raises(KeyboardInterrupt):
+        connection.wait_reply(ids[0], 5)
+    assert channel.torn
+    return ids
+
+
 @pytest.mark.parametrize("reader", ["wait_reply", "a gather (wait_any, poll_reply)"])
 @pytest.mark.parametrize("where", ["before it is written", "after it is written"])
 def test_ctrl_c_while_a_queued_request_goes_in_neither_loses_nor_repeats_it(
@@ -565,13 +578,7 @@ def test_a_queued_request_cut_off_in_pieces_by_ctrl_c_goes_over_zmq(reader: str,
     server = spawn_server("recorder", env_kwargs={"slow": 0.5})
     connection = _connection(server.address, "shm")
     try:
-        channel = connection._channel
-        assert channel is not None
-        first, queued = _queue_behind_a_slow_step(connection, _LOAD)
-        _tear_the_next_queued_write(channel)
-        with pytest.raises(KeyboardInterrupt):
-            connection.wait_reply(first, 5)
-        assert channel.torn
+        _, queued = _torn_behind_a_slow_step(connection)
         if reader == "wait_reply":
             assert connection.wait_reply(queued, 5) == (True, 2 << 20)
         else:
@@ -659,12 +666,7 @@ def test_ctrl_c_again_while_the_queue_moves_to_zmq_loses_nothing(spawn_server: A
     server = spawn_server("recorder", env_kwargs={"slow": 0.5})
     connection = _connection(server.address, "shm")
     try:
-        channel = connection._channel
-        assert channel is not None
-        first, big, third = _queue_behind_a_slow_step(connection, _LOAD, (Request.STEP, 2))
-        _tear_the_next_queued_write(channel)
-        with pytest.raises(KeyboardInterrupt):
-            connection.wait_reply(first, 5)
+        _, big, third = _torn_behind_a_slow_step(connection, (Request.STEP, 2))
         real = connection._send_frames
 
         def interrupted(*args: Any, **kwargs: Any) -> None:
@@ -1247,12 +1249,7 @@ def test_closing_from_another_thread_while_the_queue_moves_to_zmq_runs_nothing_t
     (after a torn channel): the goodbye does not send them too."""
     server = spawn_server("recorder", env_kwargs={"slow": 0.5})
     connection = _connection(server.address, "shm")
-    channel = connection._channel
-    assert channel is not None
-    first, big, _ = _queue_behind_a_slow_step(connection, _LOAD, (Request.STEP, 2))
-    _tear_the_next_queued_write(channel)
-    with pytest.raises(KeyboardInterrupt):
-        connection.wait_reply(first, 5)
+    _, big, _ = _torn_behind_a_slow_step(connection, (Request.STEP, 2))
     real = connection._send_frames
     closers: list[threading.Thread] = []
 
