@@ -126,6 +126,9 @@ class Connection:
         self._writing = 0
         self._last_in_channel = 0
         self._lost_up_to = 0
+        #: A reply read from the channel whose hand-over to the next queued request Ctrl-C cut
+        #: short: the next wait reads it first, as if it were still in the channel.
+        self._kept: list[Any] | None = None
         #: Turns "lost the connection" into a truer error: a sandbox asks its engine what happened.
         self.explain_loss: Callable[[str], Exception] | None = None
         self._context: zmq.Context[Any] = zmq.Context.instance()
@@ -297,7 +300,9 @@ class Connection:
         """Wait for the reply to ``request_id`` and return its payload (or raise its error)."""
         wait = self.request_timeout if timeout is None else check_timeout("timeout", timeout)
         deadline = deadline_in(wait)
-        self._catch_up(request_id)
+        done, result = self._catch_up(request_id)
+        if done:
+            return result
         channel = self._channel
         if channel is not None:
             done, result = self._channel_reply(channel, request_id, deadline, breaking=True)
@@ -340,13 +345,14 @@ class Connection:
 
     def _take_reply(self, request_id: int, channel: shm.Channel, deadline: float | None) -> tuple[bool, Any]:
         """Read the message waiting in the channel as a reply (see :meth:`_reply_to`); then the
-        next queued request goes in (not before: the reply is read straight from the segment)."""
+        next queued request goes in (not before: the reply is decoded straight from the segment)."""
         frames = channel.receive(alive=self._alive_until(deadline), copy=self._copy_from_channel)
-        try:
-            return self._reply_to(request_id, frames)
-        finally:
-            if self._queued:
-                self._resume_queue(channel)
+        reply = self._decode_reply(frames)
+        if self._queued:
+            self._kept = reply  # until the hand-over is done: Ctrl-C in it must not lose the reply
+            self._resume_queue(channel)
+            self._kept = None
+        return self._answer(request_id, reply)
 
     def _resume_queue(self, channel: shm.Channel) -> None:
         """Write the first queued request into the channel if no reply is owed there.
@@ -380,16 +386,23 @@ class Connection:
             if deadline is not None and time.monotonic() >= deadline:
                 return False
 
-    def _catch_up(self, request_id: int) -> None:
-        """Before waiting for ``request_id``: :meth:`_settle`; and if its reply went with a
-        message cut off in the channel, say so."""
+    def _catch_up(self, request_id: int) -> tuple[bool, Any]:
+        """Before waiting for ``request_id``: :meth:`_settle`; then read a reply kept from a
+        hand-over Ctrl-C cut short, as :meth:`_reply_to` would (``(True, payload)`` if it is this
+        request's); and if this request's reply went with a message cut off in the channel, say so."""
         channel = self._channel
         if self._queued or self._closed or (channel is not None and channel.torn):
             self._settle()
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            done, value = self._answer(request_id, kept)
+            if done:
+                return True, value
         if request_id <= self._lost_up_to:
             raise ConnectionError(f"the exchange with {self.address} was cut off midway in shared memory (the "
                                   "wait for it was interrupted): this request's reply is lost, though the "
                                   "request may have run; the client goes on over zmq")
+        return False, None
 
     def _settle(self) -> None:
         """Finish what an interrupt (Ctrl-C) cut short, before anything waits on this client.
@@ -448,7 +461,9 @@ class Connection:
         ``(False, None)``. Unlike :meth:`receive`, running out of time leaves the connection
         usable and the request answerable: waiting again later still gets its reply."""
         deadline = time.monotonic() + check_timeout("timeout", timeout)
-        self._catch_up(request_id)
+        kept = self._catch_up(request_id)
+        if kept[0]:
+            return kept
         channel = self._channel
         if channel is not None:
             return self._channel_reply(channel, request_id, deadline, breaking=False)
@@ -470,7 +485,9 @@ class Connection:
         """Read what has arrived: ``(True, payload)`` once the reply to ``request_id`` is in,
         else ``(False, None)``; an error reply raises its exception. ``block`` waits up to one
         receive slice (:data:`RECEIVE_SLICE_MS`) for each message instead of returning at once."""
-        self._catch_up(request_id)
+        kept = self._catch_up(request_id)
+        if kept[0]:
+            return kept
         channel = self._channel
         if channel is not None:
             while channel.wait(RECEIVE_SLICE_MS / 1000 if block else 0.0, sleep=block):
@@ -490,9 +507,10 @@ class Connection:
                 return True, result
 
     def ready(self) -> bool:
-        """Whether a shared-memory reply is waiting (a zmq reply shows on :attr:`socket` instead)."""
+        """Whether a shared-memory reply, or one kept from a hand-over Ctrl-C cut short, is
+        waiting (a zmq reply shows on :attr:`socket` instead)."""
         channel = self._channel
-        return channel is not None and channel.ready()
+        return self._kept is not None or (channel is not None and channel.ready())
 
     def wait_channel(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for a shared-memory reply; ``False`` on zmq connections."""
@@ -502,9 +520,17 @@ class Connection:
     def _reply_to(self, request_id: int, frames: list[Any]) -> tuple[bool, Any]:
         """Decode one reply (its frame contents): ``(True, payload)`` if it answers ``request_id``;
         errors raise."""
+        return self._answer(request_id, self._decode_reply(frames))
+
+    def _decode_reply(self, frames: list[Any]) -> list[Any]:
+        """One reply's frame contents as ``[status, request id, result]``."""
         reply = codec.decode(frames, self._tensor_factory, self._object_array)
         if not isinstance(reply, list) or len(reply) != 3:
             raise ProtocolError(f"malformed reply from {self.address}")
+        return reply
+
+    def _answer(self, request_id: int, reply: list[Any]) -> tuple[bool, Any]:
+        """``(True, payload)`` if the decoded ``reply`` answers ``request_id``; errors raise."""
         status, reply_id, result = reply
         if reply_id != request_id and reply_id != -1:
             return False, None  # a late reply to a request that timed out or was abandoned earlier
@@ -636,6 +662,9 @@ def wait_any(connections: Sequence[Connection], timeout_ms: int) -> set[Connecti
     """
     for connection in connections:
         connection._settle()  # what an interrupt cut short; a connection may move to zmq here
+    kept = {c for c in connections if c._kept is not None}
+    if kept:
+        return kept
     channels = [c for c in connections if c.transport == "shm"]
     sockets = {c.socket: c for c in connections if c.transport != "shm"}
     poller = zmq.Poller()
