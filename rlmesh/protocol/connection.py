@@ -122,7 +122,7 @@ class Connection:
         #: :meth:`send`); the id of the first of them while it is being written (0: none); the
         #: id of the last request that went into the channel whole; and, once a message was cut
         #: off there, the last request whose reply went with it.
-        self._queued: collections.deque[tuple[int, list[Any]]] = collections.deque()
+        self._queued: collections.deque[tuple[int, str, list[Any]]] = collections.deque()
         self._writing = 0
         self._last_in_channel = 0
         self._lost_up_to = 0
@@ -258,11 +258,11 @@ class Connection:
                 # Requests and replies alternate in the channel: this one goes in once the replies
                 # owed before it are read (a request still under way, an interrupted wait's, or one
                 # a multi-endpoint gather gave up). Over zmq it would queue in the socket alike.
-                self._queued.append((self._request_id, frames))
+                self._queued.append((self._request_id, kind, frames))
                 return self._request_id
             self._last_in_channel = self._request_id
             wait = self.request_timeout if timeout is None else timeout
-            channel.send(frames, alive=self._alive_until(deadline_in(wait)))
+            channel.send(frames, alive=self._alive_until(deadline_in(wait), f"a {kind} request"))
             return self._request_id
         self._send_frames(frames, timeout, connecting)
         return self._request_id
@@ -346,7 +346,7 @@ class Connection:
     def _take_reply(self, request_id: int, channel: shm.Channel, deadline: float | None) -> tuple[bool, Any]:
         """Read the message waiting in the channel as a reply (see :meth:`_reply_to`); then the
         next queued request goes in (not before: the reply is decoded straight from the segment)."""
-        frames = channel.receive(alive=self._alive_until(deadline), copy=self._copy_from_channel)
+        frames = channel.receive(alive=self._alive_until(deadline, "a reply"), copy=self._copy_from_channel)
         reply = self._decode_reply(frames)
         if self._queued:
             self._kept = reply  # until the hand-over is done: Ctrl-C in it must not lose the reply
@@ -369,8 +369,8 @@ class Connection:
                 queued.popleft()
             self._writing = 0
         if queued and not channel.awaiting and not channel.torn:
-            self._writing, frames = queued[0]
-            channel.send(frames, alive=self._alive_until(deadline_in(self.request_timeout)))
+            self._writing, kind, frames = queued[0]
+            channel.send(frames, alive=self._alive_until(deadline_in(self.request_timeout), f"a {kind} request"))
             self._last_in_channel = self._writing
             queued.popleft()
             self._writing = 0
@@ -440,19 +440,20 @@ class Connection:
         the rest of a drain cut short goes with the next request or wait."""
         queued = self._queued
         while queued:
-            self._send_frames(queued[0][1], None, False, dequeue=queued)
+            self._send_frames(queued[0][2], None, False, dequeue=queued)
 
-    def _alive_until(self, deadline: float | None) -> Callable[[], None]:
-        """What a message that travels in chunks checks while it waits on the server: the
-        connection, and ``deadline``, past which the channel holds half a message for good."""
+    def _alive_until(self, deadline: float | None, message: str) -> Callable[[], None]:
+        """What a ``message`` ("a step request", "a reply") that travels in chunks checks while it
+        waits on the server: the connection, and ``deadline``, past which the channel holds half
+        a message for good."""
         if deadline is None:
             return self.check_alive
 
         def alive() -> None:
             self.check_alive()
             if time.monotonic() >= deadline:
-                self._broken = (f"the server at {self.address} stopped taking part in a {self._pending_kind} "
-                                "message sent in pieces; the client is unusable, create a new one")
+                self._broken = (f"the server at {self.address} stopped taking part in {message} sent in "
+                                "pieces; the client is unusable, create a new one")
                 raise TimeoutError(self._broken)
         return alive
 
