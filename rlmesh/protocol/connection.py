@@ -13,8 +13,8 @@ same either way.
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
+import math
 import os
 import threading
 import time
@@ -113,8 +113,11 @@ class Connection:
         self._pending_kind = ""
         self._closed = False
         self._closed_message = "the client is closed"
-        #: The thread in :meth:`close`: from then on the socket is its alone (see :class:`_SocketUse`).
+        #: The thread in :meth:`close`: from then on the socket is its alone (see :meth:`_check_open`).
         self._closer: int | None = None
+        #: One close at a time: a second caller (another thread) waits for the first, then returns.
+        #: Reentrant: a signal handler may close the client in the middle of the main thread's close.
+        self._closing = threading.RLock()
         self._broken: str | None = None
         self._lost_error: Exception | None = None
         self._channel: shm.Channel | None = None
@@ -132,9 +135,8 @@ class Connection:
         #: Turns "lost the connection" into a truer error: a sandbox asks its engine what happened.
         self.explain_loss: Callable[[str], Exception] | None = None
         self._context: zmq.Context[Any] = zmq.Context.instance()
-        #: Held by whoever uses the socket or its monitor; see :class:`_SocketUse`.
+        #: Held by whoever uses the socket or its monitor; see :meth:`_check_open`.
         self._socket_lock = threading.Lock()
-        self._socket_use = _SocketUse(self)
         self._socket = self._socket_for(endpoint)
         self._monitor = self._socket.get_monitor_socket(_MONITORED)
         self._connected = False
@@ -282,12 +284,14 @@ class Connection:
                 if dequeue is not None or len(frames) > 1:
                     # Ctrl-C held back: a message's frames go out together (zmq would join the
                     # rest of a cut-off one to the next), and a queued one leaves the queue with them.
-                    with interrupts.held(), self._socket_use:
+                    with interrupts.held(), self._socket_lock:
+                        self._check_open()
                         send_frames(self._socket, frames)
                         if dequeue is not None:
                             dequeue.popleft()
                 else:
-                    with self._socket_use:
+                    with self._socket_lock:
+                        self._check_open()
                         send_frames(self._socket, frames)
                 return
             except zmq.Again:
@@ -314,7 +318,8 @@ class Connection:
         while True:
             # Blocking receives of at most RECEIVE_SLICE_MS each: between them, look at the monitor.
             try:
-                with self._socket_use:
+                with self._socket_lock:
+                    self._check_open()
                     frames = recv_frames(socket)
             except zmq.Again:
                 self._check_monitor(connecting)
@@ -471,7 +476,8 @@ class Connection:
         socket = self._socket
         while True:
             slice_ms = max(0, min(RECEIVE_SLICE_MS, int((deadline - time.monotonic()) * 1000) + 1))
-            with self._socket_use:
+            with self._socket_lock:
+                self._check_open()
                 polled = socket.poll(slice_ms)
             if polled:
                 done, value = self.poll_reply(request_id)
@@ -499,7 +505,8 @@ class Connection:
         flags = 0 if block else _NOBLOCK
         while True:
             try:
-                with self._socket_use:
+                with self._socket_lock:
+                    self._check_open()
                     frames = recv_frames(self._socket, flags)
             except zmq.Again:
                 return False, None
@@ -509,14 +516,21 @@ class Connection:
 
     def ready(self) -> bool:
         """Whether a shared-memory reply, or one kept from a hand-over Ctrl-C cut short, is
-        waiting (a zmq reply shows on :attr:`socket` instead)."""
+        waiting (a zmq reply shows on :attr:`socket` instead). Closed: ``ConnectionError``."""
         channel = self._channel
-        return self._kept is not None or (channel is not None and channel.ready())
+        if channel is None:
+            self._check_open()  # another thread's close() takes the channel away
+            return self._kept is not None
+        return self._kept is not None or channel.ready()
 
     def wait_channel(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for a shared-memory reply; ``False`` on zmq connections."""
+        """Wait up to ``timeout`` s for a shared-memory reply; ``False`` on zmq connections.
+        Closed: ``ConnectionError``."""
         channel = self._channel
-        return channel is not None and channel.wait(timeout)
+        if channel is None:
+            self._check_open()
+            return False
+        return channel.wait(timeout)
 
     def _reply_to(self, request_id: int, frames: list[Any]) -> tuple[bool, Any]:
         """Decode one reply (its frame contents): ``(True, payload)`` if it answers ``request_id``;
@@ -543,6 +557,20 @@ class Connection:
         """Raise ``ConnectionError`` if the monitor saw the server drop the connection."""
         self._check_monitor(False)
 
+    def _check_open(self) -> None:
+        """Raise ``ConnectionError`` once the client is closed, or another thread is closing it.
+
+        Call it first thing under ``_socket_lock``, which is held for each use of the socket or its
+        monitor (of at most a receive slice): zmq sockets are not thread-safe, and libzmq aborts the
+        process on a socket closed under a poll. :meth:`close` from another thread waits for such a
+        use, and every use by another thread after it begins raises ``ConnectionError`` (the
+        goodbye's reply is close's own).
+
+        The lock is taken by ``with`` only, never by ``acquire()``: Ctrl-C lands after a call
+        returns, and one landing right after ``acquire()`` would leave the socket locked for good."""
+        if self._closed or (self._closer is not None and self._closer != threading.get_ident()):
+            raise ConnectionError(self._closed_message)
+
     def mark_timed_out(self, waited: float) -> None:
         """Declare the connection unusable after a request went unanswered for ``waited`` s."""
         self._broken = (f"the server at {self.address} did not answer a {self._pending_kind} request "
@@ -550,7 +578,8 @@ class Connection:
 
     def _check_monitor(self, connecting: bool) -> None:
         while True:
-            with self._socket_use:
+            with self._socket_lock:
+                self._check_open()
                 if not self._monitor.poll(0):
                     return
                 message = parse_monitor_message(self._monitor.recv_multipart())
@@ -617,9 +646,12 @@ class Connection:
             socket.close(linger=0)
 
     def close(self, *, notify: bool = True) -> None:
-        """Detach from the server (best effort) and release the sockets. Idempotent."""
-        if self._closed:
-            return
+        """Detach from the server (best effort) and release the sockets. Idempotent, from any thread."""
+        with self._closing:
+            if not self._closed:
+                self._close(notify)
+
+    def _close(self, notify: bool) -> None:
         # What a request still waiting on the channel in another thread raises.
         closed_meanwhile = f"the client for {self.address} was closed while a request waited for its reply"
         with self._socket_lock:  # a wait in another thread stops now, not after taking the goodbye's reply
@@ -641,6 +673,8 @@ class Connection:
             except Exception:  # the server may be gone already; closing must still succeed
                 pass
         with self._socket_lock:
+            if self._closed:
+                return  # closed meanwhile, by a close nested in this one (a signal handler)
             self._closed = True
         self._heartbeat_stop.set()
         if self._heartbeat is not None:
@@ -658,8 +692,8 @@ def wait_any(connections: Sequence[Connection], timeout_ms: int) -> set[Connecti
     zmq connections are polled together as usual. Shared-memory replies cannot wake a zmq
     poll, so with any such connection this looks at all of them in turns: spinning briefly,
     then sleeping on one channel at a time for a millisecond (a reply on that one wakes it at
-    once, the others are seen within the millisecond). A connection closed (by another thread)
-    raises ``ConnectionError``.
+    once, the others are seen within the millisecond). A negative ``timeout_ms`` waits without
+    limit. A connection closed (by another thread) raises ``ConnectionError``.
     """
     for connection in connections:
         connection._settle()  # what an interrupt cut short; a connection may move to zmq here
@@ -673,15 +707,16 @@ def wait_any(connections: Sequence[Connection], timeout_ms: int) -> set[Connecti
         poller.register(socket, zmq.POLLIN)
 
     def poll(timeout: int) -> set[Connection]:
-        with contextlib.ExitStack() as using:
-            for connection in sockets.values():
-                using.enter_context(connection._socket_use)
-            polled = poller.poll(timeout)
-        return {sockets[socket] for socket, _ in polled}
+        return {sockets[socket] for socket, _ in _poll_holding(poller, list(sockets.values()), timeout)}
 
+    deadline = math.inf if timeout_ms < 0 else time.monotonic() + timeout_ms / 1000
     if not channels:
-        return poll(timeout_ms)
-    deadline = time.monotonic() + timeout_ms / 1000
+        while True:  # in slices: a close() from another thread waits for one at most
+            left = deadline - time.monotonic()
+            slice_ms = RECEIVE_SLICE_MS if left * 1000 > RECEIVE_SLICE_MS else max(0, math.ceil(left * 1000))
+            ready = poll(slice_ms)
+            if ready or slice_ms < RECEIVE_SLICE_MS:
+                return ready
     turn = 0
     while True:
         ready = {c for c in channels if c.ready()}
@@ -694,24 +729,13 @@ def wait_any(connections: Sequence[Connection], timeout_ms: int) -> set[Connecti
         turn += 1
 
 
-class _SocketUse:
-    """``with``: this thread uses the connection's socket (or its monitor) for one operation of
-    at most a receive slice. zmq sockets are not thread-safe, and libzmq aborts the process on
-    a socket closed under a poll: :meth:`Connection.close` from another thread waits for such a
-    use, and every use by another thread after it begins raises ``ConnectionError`` (its
-    goodbye's reply is its own)."""
-
-    __slots__ = ("_connection",)
-
-    def __init__(self, connection: Connection) -> None:
-        self._connection = connection
-
-    def __enter__(self) -> None:
-        connection = self._connection
-        connection._socket_lock.acquire()
-        if connection._closed or (connection._closer is not None and connection._closer != threading.get_ident()):
-            connection._socket_lock.release()
-            raise ConnectionError(connection._closed_message)
-
-    def __exit__(self, *exc: object) -> None:
-        self._connection._socket_lock.release()
+def _poll_holding(poller: zmq.Poller, connections: list[Connection], timeout: int) -> list[Any]:
+    """``poller.poll(timeout)`` while using each connection's socket (see
+    :meth:`Connection._check_open`). One ``with`` per connection, nested by recursion: no
+    window where Ctrl-C could leave a socket locked (as ``contextlib.ExitStack`` has)."""
+    if not connections:
+        return poller.poll(timeout)
+    connection = connections.pop()
+    with connection._socket_lock:
+        connection._check_open()
+        return _poll_holding(poller, connections, timeout)

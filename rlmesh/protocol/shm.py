@@ -117,9 +117,11 @@ _FENCE_LOCK = threading.Lock()
 
 def _fence() -> None:
     """A full memory barrier on x86-64: an uncontended lock's atomic instruction orders a store
-    before a later load, which the announce-then-check handshake of sleeper and waker relies on."""
-    _FENCE_LOCK.acquire()
-    _FENCE_LOCK.release()
+    before a later load, which the announce-then-check handshake of sleeper and waker relies on.
+    (``with``, not ``acquire()`` then ``release()``: Ctrl-C lands after a call returns, and one
+    landing after ``acquire()`` would leave the lock held, and every channel in the process stuck.)"""
+    with _FENCE_LOCK:
+        pass
 
 
 def _pid_namespace() -> str:
@@ -328,6 +330,7 @@ class Channel:
         #: sent half a message, and this channel cannot carry another one.
         self.torn = False
         self.closed = False
+        self._closing = threading.Lock()  # two threads may close it at once (a watchdog, say)
         self._closed_reason = "the shared-memory channel is closed"
 
     # --- waiting ------------------------------------------------------------------------------
@@ -464,8 +467,8 @@ class Channel:
                     words, word = self._words, self._out_word
                     words[word] = sent  # what _post does, without its call on every step
                     self.awaiting = True
-                    _FENCE_LOCK.acquire()
-                    _FENCE_LOCK.release()
+                    with _FENCE_LOCK:  # _fence(), inline
+                        pass
                     if words[word + _SLEEPS]:
                         self._futex(word, _FUTEX_WAKE, 1 << 30)
                     return
@@ -585,21 +588,23 @@ class Channel:
 
     def close(self, reason: str | None = None) -> None:
         """Unmap the segment (and remove its name, if this end still has it). A call still using
-        the channel in another thread raises :class:`ChannelClosed` with ``reason``."""
-        if self.closed:
-            return
-        if reason is not None:
-            self._closed_reason = reason
-        self.hang_up()
-        self.closed = True
-        self.unlink()
-        self._words.release()
-        del self._anchor
-        self._view.release()
-        try:
-            self._memory.close()
-        except BufferError:  # a decoded view still points into it: the mapping goes with it
-            log.debug("shared-memory segment still referenced; unmapped when released")
+        the channel in another thread raises :class:`ChannelClosed` with ``reason``. Idempotent,
+        from any thread."""
+        with self._closing:
+            if self.closed:
+                return
+            if reason is not None:
+                self._closed_reason = reason
+            self.hang_up()
+            self.closed = True
+            self.unlink()
+            self._words.release()
+            del self._anchor
+            self._view.release()
+            try:
+                self._memory.close()
+            except BufferError:  # a decoded view still points into it: the mapping goes with it
+                log.debug("shared-memory segment still referenced; unmapped when released")
 
     def unlink(self) -> None:
         """Remove the segment's name: it lives on only while mapped."""

@@ -630,16 +630,19 @@ def _interrupt_the_next_head_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shm, "_SINGLE", InterruptedOnce())
 
 
-def _interrupted_at_call(k: int, run: Callable[[], Any]) -> bool:
+def _interrupted_at_call(k: int, run: Callable[[], Any], *, after_c_calls: bool = False) -> bool:
     """Run ``run`` with KeyboardInterrupt raised at the ``k``-th call of a Python or C function
-    in rlmesh's code (where Python delivers a Ctrl-C); return whether it got that far. (Not in
-    other code: a garbage collector's callback, say, would swallow it.)"""
+    in rlmesh's code; return whether it got that far. (Not in other code: a garbage collector's
+    callback, say, would swallow it.) Python delivers a Ctrl-C as a function starts, during a C
+    function that waits (its call fails), or right after one returns (``after_c_calls``: the call
+    took effect)."""
     count = 0
     ours = os.path.dirname(rlmesh.__file__)
+    events = ("call", "c_return") if after_c_calls else ("call", "c_call")
 
     def profile(frame: Any, event: str, arg: Any) -> None:
         nonlocal count
-        if event in ("call", "c_call") and frame.f_code.co_filename.startswith(ours):
+        if event in events and frame.f_code.co_filename.startswith(ours):
             count += 1
             if count == k:
                 sys.setprofile(None)
@@ -679,6 +682,31 @@ def test_ctrl_c_at_any_call_while_a_reply_in_one_piece_is_read_keeps_the_channel
                 assert connection.wait_reply(request, 5)[0], f"interrupted at call {k}"
         assert k > 10  # the profile saw the wait's calls
         assert connection.transport == "shm"
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("reader", _READERS)
+@pytest.mark.parametrize("transport", ["shm", "zmq"])
+def test_ctrl_c_right_after_any_call_of_a_request_leaves_no_lock_held(
+        transport: str, reader: str, spawn_server: Any) -> None:
+    """Ctrl-C right after each C call of a request and the wait for its reply in turn (a lock
+    just taken, say), and at each function's start: no lock stays held (a socket's, or the
+    channels' memory fence, which every channel in the process shares), and the client still
+    answers."""
+    server = spawn_server("recorder")
+    connection = _connection(server.address, transport)
+    try:
+        for k in itertools.count(1):
+            def request() -> None:
+                _read(connection, connection.send(Request.STEP, 0), reader)
+
+            if not _interrupted_at_call(k, request, after_c_calls=True):
+                break  # the request ran whole: every call in it was tried
+            assert not shm._FENCE_LOCK.locked(), f"interrupted after call {k}"
+            assert not connection._socket_lock.locked(), f"interrupted after call {k}"
+        assert k > 10
+        assert connection.request(Request.STEP, 1)[4]["executed"][-1] == 1
     finally:
         connection.close()
 
@@ -1218,6 +1246,10 @@ for round in range(8):
         outcomes["ConnectionError"] += 1
     except BaseException as error:
         outcomes[type(error).__name__] += 1
+    try:
+        close()  # the waiting thread's own finally, maybe while the other close still runs
+    except BaseException as error:
+        outcomes["its own close: " + type(error).__name__] += 1
     closer.join()
 print(dict(outcomes))
 """
@@ -1229,7 +1261,8 @@ print(dict(outcomes))
 def test_closing_from_another_thread_again_and_again_never_breaks_the_process(
         transport: str, client: str, spawn_server: Any) -> None:
     """zmq sockets are not thread-safe: closing one under another thread's receive or poll made
-    libzmq abort the process. Each round ends in the reply or ConnectionError, nothing else."""
+    libzmq abort the process. Each round ends in the reply or ConnectionError, nothing else, and
+    the waiting thread's own close() afterwards returns quietly."""
     servers = [spawn_server("recorder", env_kwargs={"slow": 0.5}, max_sessions=30, factory=True)
                for _ in range(2 if client == "a multi-endpoint env" else 1)]
     notify = "nonotify" if "notify=False" in client else "notify"
@@ -1239,6 +1272,76 @@ def test_closing_from_another_thread_again_and_again_never_breaks_the_process(
     outcomes = json.loads(out.stdout.strip().splitlines()[-1].replace("'", '"'))
     assert set(outcomes) <= {"answered", "ConnectionError"} and sum(outcomes.values()) == 8, outcomes
     assert outcomes.get("ConnectionError", 0) >= 4, outcomes  # the closes land before the reply
+
+
+@pytest.mark.parametrize("transport", ["shm", "zmq"])
+def test_two_threads_closing_a_client_at_once_both_return_quietly(transport: str, spawn_server: Any) -> None:
+    """close() is idempotent from any thread: a second close while the first runs waits for it
+    (it used to run the teardown again, and raise ZMQError or AttributeError)."""
+    server = spawn_server("recorder", max_sessions=30, factory=True)
+    errors: list[str] = []
+    for _ in range(10):
+        connection = _connection(server.address, transport)
+        both = threading.Barrier(2)
+
+        def close(connection: Connection = connection, both: threading.Barrier = both) -> None:
+            both.wait()
+            try:
+                connection.close()
+            except BaseException as error:  # noqa: BLE001 - any of them is the defect
+                errors.append(repr(error))
+
+        other = threading.Thread(target=close)
+        other.start()
+        close()
+        other.join()
+    assert errors == []
+
+
+@pytest.mark.parametrize("timeout_ms", [3000, -1])
+def test_closing_from_another_thread_ends_a_long_wait_any_within_a_slice(timeout_ms: int, spawn_server: Any) -> None:
+    """A long (or unbounded) wait on zmq sockets holds them a receive slice at a time: a close()
+    from another thread goes through at once, and the wait ends with ConnectionError."""
+    server = spawn_server("recorder")
+    connection = _connection(server.address, "zmq")
+    took: list[float] = []
+
+    def close() -> None:
+        started = time.monotonic()
+        connection.close()
+        took.append(time.monotonic() - started)
+
+    closer = threading.Timer(0.3, close)
+    started = time.monotonic()
+    closer.start()
+    with pytest.raises(ConnectionError, match="closed"):
+        wait_any([connection], timeout_ms)
+    closer.join()
+    assert time.monotonic() - started < 1.0
+    assert took[0] < 0.5
+
+
+def test_closing_from_another_thread_during_a_gathers_wait_on_the_channel_is_a_connection_error(
+        spawn_server: Any) -> None:
+    """close() lands between the gather's looks at the channel (which it takes away): the wait
+    says so at once, rather than spin to its deadline and report nothing to read."""
+    server = spawn_server("recorder", env_kwargs={"slow": 1.0})
+    connection = _connection(server.address, "shm")
+    channel = connection._channel
+    assert channel is not None
+    connection.send(Request.STEP, 1)
+
+    def closed_while_looking() -> bool:
+        closer = threading.Thread(target=connection.close)
+        closer.start()
+        closer.join()
+        return False
+
+    channel.ready = closed_while_looking  # type: ignore[method-assign]
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match="closed"):
+        wait_any([connection], 3000)
+    assert time.monotonic() - started < 2.0
 
 
 def test_closing_from_another_thread_as_a_queued_request_goes_in(spawn_server: Any) -> None:
