@@ -467,9 +467,9 @@ class Connection:
         ``(False, None)``. Unlike :meth:`receive`, running out of time leaves the connection
         usable and the request answerable: waiting again later still gets its reply."""
         deadline = time.monotonic() + check_timeout("timeout", timeout)
-        kept = self._catch_up(request_id)
-        if kept[0]:
-            return kept
+        done, value = self._catch_up(request_id)
+        if done:
+            return True, value
         channel = self._channel
         if channel is not None:
             return self._channel_reply(channel, request_id, deadline, breaking=False)
@@ -492,9 +492,9 @@ class Connection:
         """Read what has arrived: ``(True, payload)`` once the reply to ``request_id`` is in,
         else ``(False, None)``; an error reply raises its exception. ``block`` waits up to one
         receive slice (:data:`RECEIVE_SLICE_MS`) for each message instead of returning at once."""
-        kept = self._catch_up(request_id)
-        if kept[0]:
-            return kept
+        done, value = self._catch_up(request_id)
+        if done:
+            return True, value
         channel = self._channel
         if channel is not None:
             while channel.wait(RECEIVE_SLICE_MS / 1000 if block else 0.0, sleep=block):
