@@ -732,7 +732,9 @@ def wait_any(connections: Sequence[Connection], timeout_ms: int) -> set[Connecti
 def _poll_holding(poller: zmq.Poller, connections: list[Connection], timeout: int) -> list[Any]:
     """``poller.poll(timeout)`` while using each connection's socket (see
     :meth:`Connection._check_open`). One ``with`` per connection, nested by recursion: no
-    window where Ctrl-C could leave a socket locked (as ``contextlib.ExitStack`` has)."""
+    window where Ctrl-C could leave a socket locked (as ``contextlib.ExitStack`` has). The depth
+    stays below Python's recursion limit: a zmq context holds at most 1023 sockets by
+    default, at least two per connection (its socket and its monitor's)."""
     if not connections:
         return poller.poll(timeout)
     connection = connections.pop()
