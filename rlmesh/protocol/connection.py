@@ -660,14 +660,14 @@ class Connection:
         # Requests still queued are dropped (they never reached the server). A new queue: a wait
         # in another thread may still be taking from the old one, and the goodbye must not.
         self._queued = collections.deque()
+        # The channel goes first, and the goodbye over zmq, never through it: a reply may still
+        # be owed there (an interrupted request; the server releases the session once it is
+        # answered), or another thread may be using it (close from a watchdog): it gets
+        # ChannelClosed at once.
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close(closed_meanwhile)
         if notify and not self._broken:
-            channel = self._channel
-            if channel is not None:
-                # The goodbye goes over zmq, never through the channel: a reply may still be owed
-                # there (an interrupted request; the server releases the session once it is
-                # answered), or another thread may be using it (close from a watchdog).
-                channel.close(closed_meanwhile)
-                self._channel = None
             try:
                 self.request(Request.CLOSE, timeout=1.0)
             except Exception:  # the server may be gone already; closing must still succeed
@@ -679,8 +679,6 @@ class Connection:
         self._heartbeat_stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=1.0)
-        if self._channel is not None:
-            self._channel.close(closed_meanwhile)
         self._socket.disable_monitor()
         self._monitor.close(linger=0)
         self._socket.close(linger=0)
