@@ -705,7 +705,10 @@ def wait_any(connections: Sequence[Connection], timeout_ms: int) -> set[Connecti
         poller.register(socket, zmq.POLLIN)
 
     def poll(timeout: int) -> set[Connection]:
-        return {sockets[socket] for socket, _ in _poll_holding(poller, list(sockets.values()), timeout)}
+        # Every wait takes the sockets in one order (by id): two threads waiting on the same
+        # clients, listed in other orders, would otherwise each hold a socket the other needs.
+        held = sorted(sockets.values(), key=id)
+        return {sockets[socket] for socket, _ in _poll_holding(poller, held, timeout)}
 
     deadline = math.inf if timeout_ms < 0 else time.monotonic() + timeout_ms / 1000
     if not channels:

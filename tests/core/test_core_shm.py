@@ -1321,6 +1321,32 @@ def test_closing_from_another_thread_ends_a_long_wait_any_within_a_slice(timeout
     assert took[0] < 0.5
 
 
+def test_two_threads_waiting_on_the_same_zmq_clients_in_either_order_never_deadlock(spawn_server: Any) -> None:
+    """wait_any holds each zmq socket while it polls: two threads listing the same clients in
+    opposite orders must still take the sockets in one order, or each could hold the one the
+    other waits for, for good."""
+    a, b = (_connection(spawn_server("recorder").address, "zmq") for _ in range(2))
+    stuck: list[str] = []
+
+    def wait_many(order: list[Connection]) -> None:
+        for _ in range(3000):
+            wait_any(order, 0)
+
+    try:
+        threads = [threading.Thread(target=wait_many, args=(order,), daemon=True) for order in ([a, b], [b, a])]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30.0)
+            if thread.is_alive():
+                stuck.append(thread.name)
+        assert stuck == []
+    finally:
+        if not stuck:  # a deadlocked thread holds the sockets: closing would wait on it for good
+            a.close()
+            b.close()
+
+
 def test_closing_from_another_thread_during_a_gathers_wait_on_the_channel_is_a_connection_error(
         spawn_server: Any) -> None:
     """close() lands between the gather's looks at the channel (which it takes away): the wait
