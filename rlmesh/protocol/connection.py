@@ -703,12 +703,12 @@ def wait_any(connections: Sequence[Connection], timeout_ms: int) -> set[Connecti
     poller = zmq.Poller()
     for socket in sockets:
         poller.register(socket, zmq.POLLIN)
+    # Every wait takes the sockets in one order (by id): two threads waiting on the same
+    # clients, listed in other orders, would otherwise each hold a socket the other needs.
+    in_order = sorted(sockets.values(), key=id)
 
     def poll(timeout: int) -> set[Connection]:
-        # Every wait takes the sockets in one order (by id): two threads waiting on the same
-        # clients, listed in other orders, would otherwise each hold a socket the other needs.
-        held = sorted(sockets.values(), key=id)
-        return {sockets[socket] for socket, _ in _poll_holding(poller, held, timeout)}
+        return {sockets[socket] for socket, _ in _poll_holding(poller, list(in_order), timeout)}
 
     deadline = math.inf if timeout_ms < 0 else time.monotonic() + timeout_ms / 1000
     if not channels:
